@@ -1,0 +1,735 @@
+"""The FraudModel API: pydantic models are the single source of the CRD schema.
+
+Every field carries a description (it becomes `kubectl explain` text). Cross-field
+rules are written twice on purpose: as CEL (`x-kubernetes-validations`, enforced by
+the API server) and as pydantic validators (enforced by the operator and the unit
+tests); the cluster tier proves both agree on the examples.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic.alias_generators import to_camel
+
+GROUP = "serving.riskml.io"
+VERSION = "v1alpha1"
+KIND = "FraudModel"
+PLURAL = "fraudmodels"
+SINGULAR = "fraudmodel"
+SHORT_NAMES = ("fm",)
+
+DURATION_PATTERN = r"^([0-9]+(ms|s|m|h))+$"
+_DURATION_PART = re.compile(r"([0-9]+)(ms|s|m|h)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+HISTORY_LIMIT = 10
+
+# Manual controls live in annotations, not in `spec`, so a GitOps tool that owns
+# `spec` never sees drift when a human pauses, promotes, aborts or retries.
+ANNOTATION_PREFIX = GROUP + "/"
+PAUSE_ANNOTATION = ANNOTATION_PREFIX + "pause"
+PROMOTE_ANNOTATION = ANNOTATION_PREFIX + "promote"
+ABORT_ANNOTATION = ANNOTATION_PREFIX + "abort"
+RETRY_ANNOTATION = ANNOTATION_PREFIX + "retry"
+
+
+def parse_duration(value: str) -> float:
+    """Seconds in a duration such as `90s`, `1m30s` or `250ms`."""
+    if not re.fullmatch(DURATION_PATTERN, value):
+        raise ValueError(f"invalid duration {value!r}: use e.g. 30s, 5m, 1h30m, 500ms")
+    return sum(int(n) * _UNIT_SECONDS[unit] for n, unit in _DURATION_PART.findall(value))
+
+
+Duration = Annotated[str, Field(pattern=DURATION_PATTERN, max_length=32)]
+Ratio = Annotated[float, Field(ge=0.0, le=1.0)]
+Quantity = Annotated[
+    int | str,
+    Field(json_schema_extra={"x-kubernetes-int-or-string": True}),
+]
+LabelValue = Annotated[str, Field(pattern=r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?$")]
+DNSLabel = Annotated[str, Field(pattern=r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$", max_length=63)]
+
+
+def _cel(*rules: tuple[str, str]) -> dict[str, Any]:
+    return {"x-kubernetes-validations": [{"rule": r, "message": m} for r, m in rules]}
+
+
+class _Model(BaseModel):
+    """Base: camelCase on the wire, unknown fields rejected, validation by name or alias."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        frozen=True,
+        use_attribute_docstrings=True,
+    )
+
+
+# ---------------------------------------------------------------- spec.model
+
+
+class ModelSpec(_Model):
+    """Which model version to serve."""
+
+    name: DNSLabel = Field(description="Model name, e.g. `bot-detector`; a DNS label.")
+    version: LabelValue = Field(
+        max_length=63,
+        description="Model version; a change starts a rollout. Must be a valid label value.",
+    )
+    image: str = Field(
+        min_length=1,
+        max_length=512,
+        pattern=r"^[^\s]+$",
+        description="BentoML container image serving this version (`bentoml containerize`).",
+    )
+    uri: str | None = Field(
+        default=None,
+        max_length=1024,
+        description="Optional model artifact URI (e.g. `s3://models/bot/v7`), passed to "
+        "the container as FRAUDMODEL_MODEL_URI.",
+    )
+    tag: str | None = Field(
+        default=None,
+        max_length=256,
+        description="Optional BentoML model tag to load (`name:version`), passed as "
+        "FRAUDMODEL_MODEL_TAG; defaults to the image's embedded model.",
+    )
+    threshold: float = Field(
+        default=0.5,
+        gt=0.0,
+        lt=1.0,
+        description="Decision threshold: scores at or above it are flagged.",
+    )
+    feature_schema_version: str = Field(
+        default="v1",
+        max_length=32,
+        pattern=r"^[A-Za-z0-9._-]+$",
+        description="Version of the feature schema the model validates requests against; "
+        "passed to the container as FRAUDMODEL_FEATURE_SCHEMA.",
+    )
+
+
+# ---------------------------------------------------------------- spec.serving
+
+
+class ResourceRequirements(_Model):
+    """Compute resources of each serving container."""
+
+    requests: dict[str, Quantity] = Field(
+        default_factory=lambda: {"cpu": "500m", "memory": "1Gi"},
+        description="Minimum resources, e.g. `{cpu: 500m, memory: 1Gi}`.",
+    )
+    limits: dict[str, Quantity] = Field(
+        default_factory=lambda: {"memory": "2Gi"},
+        description="Maximum resources, e.g. `{memory: 2Gi}`.",
+    )
+
+
+class Autoscaling(_Model):
+    """A HorizontalPodAutoscaler per track instead of fixed replicas."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_cel(
+            ("self.minReplicas <= self.maxReplicas", "minReplicas must be <= maxReplicas"),
+        )
+    )
+
+    min_replicas: int = Field(default=2, ge=1, le=1000, description="Minimum replicas of the stable track.")
+    max_replicas: int = Field(default=10, ge=1, le=1000, description="Maximum replicas of each track.")
+    target_cpu_utilization: int = Field(
+        default=70, ge=1, le=100, description="Average CPU utilisation (% of requests) to keep."
+    )
+    target_requests_per_second: float | None = Field(
+        default=None,
+        gt=0,
+        description="Optional average requests per second per pod (Pods metric "
+        "`bentoml_service_request_per_second`, needs a custom metrics adapter).",
+    )
+
+    @model_validator(mode="after")
+    def _min_le_max(self) -> Autoscaling:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError("minReplicas must be <= maxReplicas")
+        return self
+
+
+class EnvVar(_Model):
+    """An environment variable of the serving container."""
+
+    name: str = Field(
+        min_length=1, max_length=256, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="Variable name."
+    )
+    value: str = Field(default="", max_length=32768, description="Variable value.")
+
+
+class Toleration(_Model):
+    """A pod toleration, as in the core API."""
+
+    key: str | None = Field(default=None, max_length=316, description="Taint key; empty with Exists matches all.")
+    operator: Literal["Exists", "Equal"] = Field(default="Equal", description="Exists or Equal.")
+    value: str | None = Field(default=None, max_length=63, description="Taint value (Equal).")
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
+        default=None, description="Taint effect to match; empty matches all."
+    )
+    toleration_seconds: int | None = Field(default=None, ge=0, description="How long to tolerate NoExecute.")
+
+
+class ServingSpec(_Model):
+    """How each track's pods run."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_cel(
+            (
+                "!has(self.env) || self.env.all(e, !e.name.startsWith('FRAUDMODEL_'))",
+                "env names starting with FRAUDMODEL_ are reserved for the operator",
+            ),
+        )
+    )
+
+    port: int = Field(default=3000, ge=1024, le=65535, description="BentoML HTTP port (API, probes, /metrics).")
+    replicas: int = Field(
+        default=2, ge=0, le=1000, description="Replicas of the stable track when autoscaling is not set."
+    )
+    autoscaling: Autoscaling | None = Field(
+        default=None, description="Per-track HPA; when set, `replicas` is ignored."
+    )
+    resources: ResourceRequirements = Field(
+        default_factory=ResourceRequirements, description="Container resources."
+    )
+    env: list[EnvVar] = Field(default_factory=list, max_length=64, description="Extra environment variables.")
+    pod_annotations: dict[str, str] = Field(default_factory=dict, description="Extra pod annotations.")
+    pod_labels: dict[str, str] = Field(default_factory=dict, description="Extra pod labels.")
+    node_selector: dict[str, str] = Field(default_factory=dict, description="Pod node selector.")
+    tolerations: list[Toleration] = Field(default_factory=list, max_length=32, description="Pod tolerations.")
+    service_account_name: str | None = Field(
+        default=None, max_length=253, description="ServiceAccount of the pods (default: the namespace's)."
+    )
+    automount_service_account_token: bool = Field(
+        default=False, description="Mount the ServiceAccount token; off unless the model needs the API."
+    )
+
+    @field_validator("env")
+    @classmethod
+    def _reserved_env(cls, env: list[EnvVar]) -> list[EnvVar]:
+        for var in env:
+            if var.name.startswith("FRAUDMODEL_"):
+                raise ValueError("env names starting with FRAUDMODEL_ are reserved for the operator")
+        return env
+
+
+# ---------------------------------------------------------------- spec.rollout
+
+
+class Strategy(StrEnum):
+    CANARY = "Canary"
+    IMMEDIATE = "Immediate"
+
+
+class ReplicaRatioRouting(_Model):
+    """Split traffic by replica counts behind the shared Service (works on any cluster)."""
+
+
+class GatewayAPIRouting(_Model):
+    """Weights on the backendRefs of a Gateway API HTTPRoute."""
+
+    http_route: DNSLabel = Field(description="Name of the HTTPRoute (same namespace) whose rule the operator owns.")
+    parent_refs: list[dict[str, str]] = Field(
+        default_factory=list,
+        max_length=8,
+        description="Gateways the route attaches to, e.g. `[{name: public-gw, namespace: gateways}]`; "
+        "set when the operator creates the route.",
+    )
+
+
+class IstioRouting(_Model):
+    """Route weights of an Istio VirtualService."""
+
+    virtual_service: DNSLabel = Field(description="Name of the VirtualService (same namespace).")
+    hosts: list[str] = Field(
+        default_factory=list, max_length=16, description="Hosts of the VirtualService (default: the Service)."
+    )
+    gateways: list[str] = Field(default_factory=list, max_length=8, description="Istio gateways it binds to.")
+
+
+class NginxRouting(_Model):
+    """ingress-nginx canary annotations (`canary-weight`) on a copy of the stable Ingress."""
+
+    ingress: DNSLabel = Field(description="Name of the stable Ingress (same namespace), managed by the user.")
+
+
+class TrafficRouting(_Model):
+    """Which router sets the canary weight; exactly one."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_cel(
+            (
+                "(has(self.replicaRatio) ? 1 : 0) + (has(self.gatewayAPI) ? 1 : 0)"
+                " + (has(self.istio) ? 1 : 0) + (has(self.nginx) ? 1 : 0) == 1",
+                "exactly one of replicaRatio, gatewayAPI, istio, nginx must be set",
+            ),
+        )
+    )
+
+    replica_ratio: ReplicaRatioRouting | None = Field(default=None, description="Replica-ratio router.")
+    gateway_api: GatewayAPIRouting | None = Field(
+        default=None, alias="gatewayAPI", description="Gateway API HTTPRoute router."
+    )
+    istio: IstioRouting | None = Field(default=None, description="Istio VirtualService router.")
+    nginx: NginxRouting | None = Field(default=None, description="ingress-nginx canary router.")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> TrafficRouting:
+        chosen = [r for r in (self.replica_ratio, self.gateway_api, self.istio, self.nginx) if r is not None]
+        if len(chosen) != 1:
+            raise ValueError("exactly one of replicaRatio, gatewayAPI, istio, nginx must be set")
+        return self
+
+    @property
+    def kind(self) -> str:
+        """The wire name of the chosen router."""
+        for attr, name in (
+            ("gateway_api", "gatewayAPI"),
+            ("istio", "istio"),
+            ("nginx", "nginx"),
+        ):
+            if getattr(self, attr) is not None:
+                return name
+        return "replicaRatio"
+
+
+class ErrorRateCheck(_Model):
+    """Share of 5xx responses (503 load-shedding excluded) of the canary vs the stable."""
+
+    enabled: bool = Field(default=True, description="Run this check.")
+    max_delta: Ratio = Field(
+        default=0.01, description="Fail when canary error rate exceeds the stable's by more than this."
+    )
+
+
+class LatencyCheck(_Model):
+    """A latency quantile of the canary vs the stable."""
+
+    enabled: bool = Field(default=True, description="Run this check.")
+    quantile: float = Field(default=0.99, gt=0.0, lt=1.0, description="Quantile to compare, e.g. 0.99.")
+    max_ratio: float = Field(
+        default=1.5, ge=1.0, le=100.0, description="Fail when canary quantile > stable quantile x maxRatio."
+    )
+    max_seconds: float | None = Field(
+        default=None, gt=0, description="Optional absolute ceiling on the canary quantile, in seconds."
+    )
+
+
+class ScoreDriftCheck(_Model):
+    """Population stability index between canary and stable score histograms."""
+
+    enabled: bool = Field(default=True, description="Run this check.")
+    max_psi: float = Field(
+        default=0.2, gt=0.0, le=10.0, description="Fail above this PSI (0.1 slight, 0.25 major shift)."
+    )
+
+
+class FlagRateCheck(_Model):
+    """Canary flag rate divided by the stable flag rate must stay within bounds."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_cel(("self.minRatio <= self.maxRatio", "minRatio must be <= maxRatio"))
+    )
+
+    enabled: bool = Field(default=True, description="Run this check.")
+    min_ratio: float = Field(default=0.5, ge=0.0, le=100.0, description="Lowest allowed canary/stable flag-rate ratio.")
+    max_ratio: float = Field(
+        default=2.0, ge=0.0, le=100.0, description="Highest allowed canary/stable flag-rate ratio."
+    )
+
+    @model_validator(mode="after")
+    def _bounds(self) -> FlagRateCheck:
+        if self.min_ratio > self.max_ratio:
+            raise ValueError("minRatio must be <= maxRatio")
+        return self
+
+
+class InputRejectionCheck(_Model):
+    """Share of requests the canary rejects as invalid input vs the stable."""
+
+    enabled: bool = Field(default=True, description="Run this check.")
+    max_delta: Ratio = Field(
+        default=0.02, description="Fail when canary rejection rate exceeds the stable's by more than this."
+    )
+
+
+class BuiltinChecks(_Model):
+    """The checks every fraud model gets."""
+
+    error_rate: ErrorRateCheck = Field(default_factory=ErrorRateCheck, description="Error-rate check.")
+    latency: LatencyCheck = Field(default_factory=LatencyCheck, description="Latency check.")
+    score_drift: ScoreDriftCheck = Field(default_factory=ScoreDriftCheck, description="Score-drift (PSI) check.")
+    flag_rate: FlagRateCheck = Field(default_factory=FlagRateCheck, description="Flag-rate ratio check.")
+    input_rejection: InputRejectionCheck = Field(
+        default_factory=InputRejectionCheck, description="Input-rejection check."
+    )
+
+
+class CustomCheck(_Model):
+    """A PromQL query whose scalar result must stay within [min, max]."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_cel(
+            ("has(self.min) || has(self.max)", "a custom check needs min or max"),
+            ("!has(self.min) || !has(self.max) || self.min <= self.max", "min must be <= max"),
+        )
+    )
+
+    name: DNSLabel = Field(description="Check name, shown in status and Events.")
+    query: str = Field(
+        min_length=1,
+        max_length=4096,
+        description="PromQL; `{{track}}`, `{{name}}`, `{{namespace}}`, `{{window}}` are substituted "
+        "(`{{track}}` is `canary`).",
+    )
+    min: float | None = Field(default=None, description="Fail below this value.")
+    max: float | None = Field(default=None, description="Fail above this value.")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> CustomCheck:
+        if self.min is None and self.max is None:
+            raise ValueError("a custom check needs min or max")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError("min must be <= max")
+        return self
+
+
+class PrometheusSpec(_Model):
+    """Where the analysis reads metrics."""
+
+    address: str = Field(
+        default="http://prometheus-operated.monitoring.svc:9090",
+        pattern=r"^https?://[^\s]+$",
+        max_length=512,
+        description="Prometheus base URL.",
+    )
+    timeout: Duration = Field(default="5s", description="Timeout of each query.")
+
+
+class MetricLabels(_Model):
+    """Prometheus label names that identify a FraudModel's series (set by your scrape config)."""
+
+    track: str = Field(default="track", max_length=128, description="Label holding `stable` or `canary`.")
+    model: str = Field(default="fraudmodel", max_length=128, description="Label holding the FraudModel name.")
+    namespace: str = Field(default="namespace", max_length=128, description="Label holding the namespace.")
+
+
+class AnalysisSpec(_Model):
+    """How each step's canary is judged against the stable."""
+
+    prometheus: PrometheusSpec = Field(default_factory=PrometheusSpec, description="Metrics source.")
+    window: Duration = Field(default="1m", description="Range of each query, e.g. `1m`.")
+    min_samples: int = Field(
+        default=50,
+        ge=1,
+        description="Requests each track must have served in the window; fewer is inconclusive.",
+    )
+    failure_limit: int = Field(
+        default=2, ge=1, le=100, description="Consecutive failed analyses that roll back."
+    )
+    inconclusive_limit: int = Field(
+        default=5, ge=1, le=1000, description="Consecutive inconclusive analyses before `onInconclusive`."
+    )
+    on_inconclusive: Literal["Pause", "Rollback"] = Field(
+        default="Pause", description="What to do when inconclusiveLimit is reached."
+    )
+    metric_labels: MetricLabels = Field(default_factory=MetricLabels, description="Label names in Prometheus.")
+    checks: BuiltinChecks = Field(default_factory=BuiltinChecks, description="Built-in checks.")
+    custom: list[CustomCheck] = Field(default_factory=list, max_length=16, description="Custom PromQL checks.")
+
+
+class RollbackSpec(_Model):
+    """What happens to the canary after a rollback."""
+
+    scale_down_delay: Duration = Field(
+        default="30s", description="Keep the rolled-back canary running this long (for debugging), then scale to 0."
+    )
+
+
+class RolloutSpec(_Model):
+    """How a new version reaches traffic."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_cel(
+            (
+                "!has(self.steps) || self.steps.size() == 0 || self.steps.isSorted()",
+                "steps must be ascending",
+            ),
+            (
+                "!has(self.steps) || self.steps.all(w, self.steps.filter(x, x == w).size() == 1)",
+                "steps must not repeat a weight",
+            ),
+            ("self.stepWeight <= self.maxWeight", "stepWeight must be <= maxWeight"),
+        )
+    )
+
+    strategy: Strategy = Field(
+        default=Strategy.CANARY, description="Canary (weighted steps with analysis) or Immediate (replace)."
+    )
+    traffic_routing: TrafficRouting = Field(
+        default_factory=lambda: TrafficRouting(replica_ratio=ReplicaRatioRouting()),
+        description="How traffic is split between tracks (default: replicaRatio).",
+        json_schema_extra={"default": {"replicaRatio": {}}},
+    )
+    steps: list[Annotated[int, Field(ge=1, le=100)]] = Field(
+        default_factory=list,
+        max_length=20,
+        description="Explicit canary weights in percent, ascending, e.g. `[5, 25, 50]`; "
+        "when set, stepWeight/maxWeight are ignored. Promotion follows the last step.",
+    )
+    step_weight: int = Field(default=10, ge=1, le=100, description="Weight added per step (without `steps`).")
+    max_weight: int = Field(default=50, ge=1, le=100, description="Last weight before promotion (without `steps`).")
+    interval: Duration = Field(default="1m", description="Time at each step before its analysis.")
+    progress_deadline: Duration = Field(
+        default="10m",
+        description="Longest a step may wait for ready canary pods or conclusive analysis before rollback.",
+    )
+    paused: bool = Field(default=False, description="Hold the rollout at its current step (GitOps-friendly pause).")
+    analysis: AnalysisSpec = Field(default_factory=AnalysisSpec, description="Canary analysis.")
+    on_rollback: RollbackSpec = Field(default_factory=RollbackSpec, description="Rollback behaviour.")
+
+    @field_validator("steps")
+    @classmethod
+    def _ascending(cls, steps: list[int]) -> list[int]:
+        if any(b <= a for a, b in zip(steps, steps[1:], strict=False)):
+            raise ValueError("steps must be ascending and must not repeat a weight")
+        return steps
+
+    @model_validator(mode="after")
+    def _step_le_max(self) -> RolloutSpec:
+        if self.step_weight > self.max_weight:
+            raise ValueError("stepWeight must be <= maxWeight")
+        for duration in (self.interval, self.progress_deadline, self.analysis.window):
+            parse_duration(duration)
+        return self
+
+    @property
+    def weights(self) -> tuple[int, ...]:
+        """The canary weight of every step, in order."""
+        if self.steps:
+            return tuple(self.steps)
+        return tuple(range(self.step_weight, self.max_weight + 1, self.step_weight))
+
+
+class FraudModelSpec(_Model):
+    """Desired state of a FraudModel."""
+
+    model: ModelSpec = Field(description="The model version to serve.")
+    serving: ServingSpec = Field(default_factory=ServingSpec, description="How pods run.")
+    rollout: RolloutSpec = Field(default_factory=RolloutSpec, description="How new versions reach traffic.")
+
+
+# ---------------------------------------------------------------- status
+
+
+class Phase(StrEnum):
+    PENDING = "Pending"
+    PROGRESSING = "Progressing"
+    READY = "Ready"
+    PAUSED = "Paused"
+    ROLLED_BACK = "RolledBack"
+    FAILED = "Failed"
+
+
+class Verdict(StrEnum):
+    PASS = "Pass"
+    FAIL = "Fail"
+    INCONCLUSIVE = "Inconclusive"
+
+
+class Condition(_Model):
+    """A kstatus condition."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    type: str = Field(description="Ready, Progressing or Degraded.")
+    status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
+    reason: str = Field(default="", description="CamelCase reason.")
+    message: str = Field(default="", description="Human-readable detail.")
+    last_transition_time: datetime | None = Field(default=None, description="When status last changed.")
+    observed_generation: int | None = Field(default=None, description="Generation this condition describes.")
+
+
+class TrackStatus(_Model):
+    """One serving track."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    version: str | None = Field(default=None, description="Model version served.")
+    image: str | None = Field(default=None, description="Image served.")
+    revision: str | None = Field(default=None, description="Hash of the track's spec.model.")
+    weight: int = Field(default=0, ge=0, le=100, description="Percent of traffic.")
+    replicas: int = Field(default=0, description="Desired pods.")
+    ready_replicas: int = Field(default=0, description="Ready pods.")
+
+
+class CanaryStatus(TrackStatus):
+    """The canary track and its rollout progress."""
+
+    step: int = Field(default=0, description="Index of the current step (0-based).")
+    failed_checks: int = Field(default=0, description="Consecutive failed analyses.")
+    inconclusive_checks: int = Field(default=0, description="Consecutive inconclusive analyses.")
+    started_at: datetime | None = Field(default=None, description="When the rollout started.")
+    step_started_at: datetime | None = Field(default=None, description="When the current step started.")
+
+
+class CheckResult(_Model):
+    """One check of one analysis."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    name: str = Field(description="Check name.")
+    verdict: Verdict = Field(description="Pass, Fail or Inconclusive.")
+    value: float | None = Field(default=None, description="Measured value (canary).")
+    baseline: float | None = Field(default=None, description="Same measure on the stable track.")
+    threshold: str = Field(default="", description="The bound applied, e.g. `<= 0.2`.")
+    samples: int | None = Field(default=None, description="Canary requests in the window.")
+    message: str = Field(default="", description="Why, in words.")
+
+
+class AnalysisStatus(_Model):
+    """The latest analysis."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    time: datetime | None = Field(default=None, description="When it ran.")
+    step: int = Field(default=0, description="Step it judged.")
+    weight: int = Field(default=0, description="Canary weight it judged.")
+    verdict: Verdict = Field(description="Overall verdict.")
+    checks: list[CheckResult] = Field(default_factory=list, description="Per-check results.")
+
+
+class HistoryEntry(_Model):
+    """A finished rollout."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    version: str = Field(description="Version rolled out.")
+    outcome: Literal["Promoted", "RolledBack", "Aborted", "Replaced"] = Field(description="How it ended.")
+    reason: str = Field(default="", description="Why.")
+    time: datetime | None = Field(default=None, description="When it ended.")
+
+
+class FraudModelStatus(_Model):
+    """Observed state, written only by the operator."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    observed_generation: int | None = Field(default=None, description="Generation last reconciled.")
+    phase: Phase = Field(default=Phase.PENDING, description="Pending, Progressing, Ready, Paused, RolledBack, Failed.")
+    message: str = Field(default="", description="Summary of the current state.")
+    stable: TrackStatus = Field(default_factory=TrackStatus, description="The stable track.")
+    canary: CanaryStatus | None = Field(default=None, description="The canary track while a rollout runs.")
+    rolled_back_revision: str | None = Field(
+        default=None, description="Revision of spec.model last rolled back; not retried until retry or change."
+    )
+    retry_token: str | None = Field(default=None, description="Last retry annotation value acted on.")
+    rollbacks: int = Field(default=0, description="Rollbacks so far.")
+    conditions: list[Condition] = Field(default_factory=list, description="Ready, Progressing, Degraded.")
+    last_analysis: AnalysisStatus | None = Field(default=None, description="Latest canary analysis.")
+    history: list[HistoryEntry] = Field(
+        default_factory=list, max_length=HISTORY_LIMIT, description="Recent rollouts, newest first."
+    )
+    kopf: dict[str, Any] | None = Field(
+        default=None,
+        description="The operator framework's own bookkeeping (handler progress); not for users.",
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+    )
+
+
+class ObjectMeta(BaseModel):
+    """The part of metadata the operator reads."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    name: str
+    namespace: str = "default"
+    uid: str = ""
+    generation: int = 0
+    annotations: dict[str, str] = Field(default_factory=dict)
+    labels: dict[str, str] = Field(default_factory=dict)
+
+
+class FraudModel(BaseModel):
+    """A parsed FraudModel object."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    api_version: str = Field(default=f"{GROUP}/{VERSION}", alias="apiVersion")
+    kind: Literal["FraudModel"] = "FraudModel"
+    metadata: ObjectMeta
+    spec: FraudModelSpec
+    status: FraudModelStatus = Field(default_factory=FraudModelStatus)
+
+
+__all__ = [
+    "ABORT_ANNOTATION",
+    "GROUP",
+    "KIND",
+    "PAUSE_ANNOTATION",
+    "PLURAL",
+    "PROMOTE_ANNOTATION",
+    "RETRY_ANNOTATION",
+    "VERSION",
+    "AnalysisSpec",
+    "AnalysisStatus",
+    "Autoscaling",
+    "CanaryStatus",
+    "CheckResult",
+    "Condition",
+    "CustomCheck",
+    "FraudModel",
+    "FraudModelSpec",
+    "FraudModelStatus",
+    "HistoryEntry",
+    "ModelSpec",
+    "Phase",
+    "RolloutSpec",
+    "ServingSpec",
+    "Strategy",
+    "TrackStatus",
+    "TrafficRouting",
+    "Verdict",
+    "SpecError",
+    "parse_duration",
+    "parse_fraudmodel",
+]
+
+
+class SpecError(ValueError):
+    """A FraudModel the operator cannot accept, with one line per problem (`path: message`)."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(problems))
+
+
+def _path(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def parse_fraudmodel(body: Any) -> FraudModel:
+    """Parse a FraudModel object (as served by the API), raising SpecError with field paths."""
+    from pydantic import ValidationError
+
+    try:
+        return FraudModel.model_validate(body)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+            msg = err["msg"].removeprefix("Value error, ")
+            problems.append(f"{_path(loc)}: {msg}")
+        raise SpecError(problems) from None

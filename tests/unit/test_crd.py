@@ -1,0 +1,96 @@
+"""The committed CRD is generated from the pydantic models and is a structural schema."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from fraudmodel_operator import crd
+
+CRD_FILE = Path(__file__).parents[2] / "crds" / "fraudmodel.yaml"
+FORBIDDEN = ("$ref", "anyOf", "allOf", "oneOf", "$defs", "title", "const")
+
+
+def schema() -> dict[str, Any]:
+    doc = yaml.safe_load(CRD_FILE.read_text())
+    result: dict[str, Any] = doc["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    return result
+
+
+def test_committed_crd_is_the_generated_one() -> None:
+    assert CRD_FILE.read_text() == crd.render(), (
+        "crds/fraudmodel.yaml is stale: run `python -m fraudmodel_operator.crd > crds/fraudmodel.yaml`"
+    )
+
+
+def walk(node: dict[str, Any], path: str) -> list[str]:
+    problems = [f"{path}: has {key}" for key in FORBIDDEN if key in node]
+    if node.get("additionalProperties") is False:
+        problems.append(f"{path}: additionalProperties: false is not structural")
+    typed = "type" in node or node.get("x-kubernetes-int-or-string")
+    if not typed:
+        problems.append(f"{path}: no type")
+    for name, prop in node.get("properties", {}).items():
+        if not prop.get("description"):
+            problems.append(f"{path}.{name}: no description")
+        problems += walk(prop, f"{path}.{name}")
+    if isinstance(node.get("items"), dict):
+        problems += walk(node["items"], f"{path}[]")
+    if isinstance(node.get("additionalProperties"), dict):
+        problems += walk(node["additionalProperties"], f"{path}{{}}")
+    return problems
+
+
+def test_schema_is_structural_and_documented() -> None:
+    assert walk(schema(), "") == []
+
+
+def test_walk_catches_a_ref_and_a_missing_description() -> None:
+    bad = {"type": "object", "properties": {"a": {"$ref": "#/x"}, "b": {"type": "string"}}}
+    problems = walk(bad, "")
+    assert ".a: has $ref" in problems
+    assert ".a: no type" in problems
+    assert ".b: no description" in problems
+
+
+def rules(node: dict[str, Any]) -> list[str]:
+    found = [r["rule"] for r in node.get("x-kubernetes-validations", [])]
+    for child in node.get("properties", {}).values():
+        found += rules(child)
+    if isinstance(node.get("items"), dict):
+        found += rules(node["items"])
+    return found
+
+
+@pytest.mark.parametrize(
+    "fragment",
+    ["self.minReplicas <= self.maxReplicas", "isSorted()", "has(self.replicaRatio) ? 1 : 0", "minRatio <= self.maxRatio"],
+    ids=["replicas", "steps-ascending", "one-router", "flag-rate-bounds"],
+)
+def test_cel_rules_present(fragment: str) -> None:
+    assert any(fragment in rule for rule in rules(schema()))
+
+
+def test_defaults_enums_bounds_and_subresources() -> None:
+    doc = yaml.safe_load(CRD_FILE.read_text())
+    version = doc["spec"]["versions"][0]
+    assert version["subresources"] == {"status": {}}
+    spec = schema()["properties"]["spec"]["properties"]
+    rollout = spec["rollout"]["properties"]
+    assert rollout["strategy"]["enum"] == ["Canary", "Immediate"]
+    assert rollout["strategy"]["default"] == "Canary"
+    assert rollout["trafficRouting"]["default"] == {"replicaRatio": {}}
+    assert rollout["steps"]["items"]["maximum"] == 100
+    threshold = spec["model"]["properties"]["threshold"]
+    assert (threshold["minimum"], threshold["maximum"], threshold["exclusiveMaximum"]) == (0.0, 1.0, True)
+    assert "default" not in spec["serving"]["properties"]["autoscaling"], "autoscaling must stay opt-in"
+    columns = {c["name"]: c["jsonPath"] for c in version["additionalPrinterColumns"]}
+    assert columns["Phase"] == ".status.phase"
+    assert columns["Stable"] == ".status.stable.version"
+    assert columns["Canary"] == ".status.canary.version"
+    assert columns["Weight"] == ".status.canary.weight"
+    assert "Age" in columns
+    assert doc["spec"]["names"]["shortNames"] == ["fm"]
