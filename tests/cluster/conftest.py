@@ -1,0 +1,155 @@
+"""Fixtures for the cluster tier: a real control plane with kwok fake nodes.
+
+The session-scoped ``cluster`` fixture yields a :class:`Cluster`:
+
+* with ``FRAUDMODEL_KUBECONFIG`` set, it uses that running cluster as it is (start one
+  with ``scripts/cluster/up``; ``eval "$(scripts/cluster/env)"`` exports the variable)
+  and never stops it;
+* otherwise it starts a cluster with ``scripts/cluster/up`` and stops it with
+  ``scripts/cluster/down`` at the end of the session (``FRAUDMODEL_KEEP_CLUSTER=1``
+  keeps it running). That needs the binaries of ``scripts/cluster/build``; when they
+  are not built the tests are skipped, unless ``FRAUDMODEL_CLUSTER=1`` asks to build
+  them on the spot (tens of minutes on a cold cache).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+CLUSTER_SCRIPTS = REPO_ROOT / "scripts" / "cluster"
+TEST_CLUSTER_NAME = os.environ.get("FRAUDMODEL_TEST_CLUSTER_NAME", "fraudmodel-test")
+UP_TIMEOUT_SECONDS = 60 * 60  # a cold build under FRAUDMODEL_CLUSTER=1 takes long
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """A running cluster: its kubeconfig and a kubectl bound to it."""
+
+    kubeconfig: Path
+    kubectl_binary: str
+
+    def kubectl(
+        self, *args: str, check: bool = True, stdin: str | None = None, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
+        """Run kubectl against this cluster; raises on a non-zero exit when ``check``."""
+        return subprocess.run(
+            [self.kubectl_binary, "--kubeconfig", str(self.kubeconfig), *args],
+            check=check,
+            capture_output=True,
+            text=True,
+            input=stdin,
+            timeout=timeout,
+        )
+
+    def get_json(self, *args: str) -> Any:
+        """``kubectl get ARGS -o json``, parsed."""
+        return json.loads(self.kubectl("get", *args, "-o", "json").stdout)
+
+    def apply(self, manifest: str, namespace: str | None = None) -> None:
+        """``kubectl apply -f -`` the given YAML/JSON text."""
+        ns = ["--namespace", namespace] if namespace else []
+        self.kubectl("apply", *ns, "-f", "-", stdin=manifest)
+
+    @staticmethod
+    def wait_until(what: str, probe: Callable[[], T | None], timeout: float = 120, interval: float = 1) -> T:
+        """Poll ``probe`` until it returns something truthy; fail naming ``what`` at the deadline."""
+        deadline = time.monotonic() + timeout
+        last: T | None = None
+        while time.monotonic() < deadline:
+            last = probe()
+            if last:
+                return last
+            time.sleep(interval)
+        pytest.fail(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
+
+
+def _bin_dir() -> Path | None:
+    """The build cache's bin dir if every binary the cluster needs is there."""
+    needed = [
+        "kube-apiserver",
+        "kube-controller-manager",
+        "kube-scheduler",
+        "kubectl",
+        "etcd",
+        "kwok",
+        "kwokctl",
+        "metrics-server",
+    ]
+    result = subprocess.run(
+        [str(CLUSTER_SCRIPTS / "build"), "--check", "--print-bin-dir", *needed],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return Path(result.stdout.strip()) if result.returncode == 0 else None
+
+
+def _kubectl_binary(bin_dir: Path | None) -> str:
+    if bin_dir is not None and (bin_dir / "kubectl").exists():
+        return str(bin_dir / "kubectl")
+    found = shutil.which("kubectl")
+    if found is None:
+        pytest.skip("no kubectl: run scripts/cluster/build or put kubectl on PATH")
+    return found
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """A running cluster for the whole session (reused, or started and stopped here)."""
+    existing = os.environ.get("FRAUDMODEL_KUBECONFIG")
+    if existing:
+        yield Cluster(kubeconfig=Path(existing), kubectl_binary=_kubectl_binary(_bin_dir()))
+        return
+
+    if _bin_dir() is None and not os.environ.get("FRAUDMODEL_CLUSTER"):
+        pytest.skip(
+            "control-plane binaries not built: run scripts/cluster/build (tens of minutes cold), "
+            "set FRAUDMODEL_CLUSTER=1 to build them here, or FRAUDMODEL_KUBECONFIG to use a running cluster"
+        )
+
+    kubeconfig = tmp_path_factory.mktemp("cluster") / "kubeconfig"
+    up = subprocess.run(
+        [str(CLUSTER_SCRIPTS / "up"), "--name", TEST_CLUSTER_NAME, "--kubeconfig", str(kubeconfig)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=UP_TIMEOUT_SECONDS,
+    )
+    try:
+        if up.returncode != 0:
+            pytest.fail(f"scripts/cluster/up failed ({up.returncode}):\n{up.stderr[-4000:]}")
+        yield Cluster(kubeconfig=kubeconfig, kubectl_binary=_kubectl_binary(_bin_dir()))
+    finally:
+        if not os.environ.get("FRAUDMODEL_KEEP_CLUSTER"):
+            subprocess.run(
+                [str(CLUSTER_SCRIPTS / "down"), "--name", TEST_CLUSTER_NAME],
+                capture_output=True,
+                text=True,
+                check=False,
+                timeout=120,
+            )
+
+
+@pytest.fixture
+def namespace(cluster: Cluster) -> Iterator[str]:
+    """A fresh namespace, deleted (without waiting) after the test."""
+    name = f"t-{uuid.uuid4().hex[:8]}"
+    cluster.kubectl("create", "namespace", name)
+    try:
+        yield name
+    finally:
+        cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
