@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from datetime import datetime
 from enum import StrEnum
+from itertools import pairwise
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -27,6 +28,8 @@ DURATION_PATTERN = r"^([0-9]+(ms|s|m|h))+$"
 _DURATION_PART = re.compile(r"([0-9]+)(ms|s|m|h)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 HISTORY_LIMIT = 10
+# Children are named `<name>-stable` / `<name>-canary`; Services need DNS-1035 labels (63).
+MAX_NAME_LENGTH = 56
 
 # Manual controls live in annotations, not in `spec`, so a GitOps tool that owns
 # `spec` never sees drift when a human pauses, promotes, aborts or retries.
@@ -121,11 +124,11 @@ class ResourceRequirements(_Model):
     """Compute resources of each serving container."""
 
     requests: dict[str, Quantity] = Field(
-        default_factory=lambda: {"cpu": "500m", "memory": "1Gi"},
+        default_factory=lambda: dict[str, int | str](cpu="500m", memory="1Gi"),
         description="Minimum resources, e.g. `{cpu: 500m, memory: 1Gi}`.",
     )
     limits: dict[str, Quantity] = Field(
-        default_factory=lambda: {"memory": "2Gi"},
+        default_factory=lambda: dict[str, int | str](memory="2Gi"),
         description="Maximum resources, e.g. `{memory: 2Gi}`.",
     )
 
@@ -161,9 +164,7 @@ class Autoscaling(_Model):
 class EnvVar(_Model):
     """An environment variable of the serving container."""
 
-    name: str = Field(
-        min_length=1, max_length=256, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="Variable name."
-    )
+    name: str = Field(min_length=1, max_length=256, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="Variable name.")
     value: str = Field(default="", max_length=32768, description="Variable value.")
 
 
@@ -195,12 +196,8 @@ class ServingSpec(_Model):
     replicas: int = Field(
         default=2, ge=0, le=1000, description="Replicas of the stable track when autoscaling is not set."
     )
-    autoscaling: Autoscaling | None = Field(
-        default=None, description="Per-track HPA; when set, `replicas` is ignored."
-    )
-    resources: ResourceRequirements = Field(
-        default_factory=ResourceRequirements, description="Container resources."
-    )
+    autoscaling: Autoscaling | None = Field(default=None, description="Per-track HPA; when set, `replicas` is ignored.")
+    resources: ResourceRequirements = Field(default_factory=ResourceRequirements, description="Container resources.")
     env: list[EnvVar] = Field(default_factory=list, max_length=64, description="Extra environment variables.")
     pod_annotations: dict[str, str] = Field(default_factory=dict, description="Extra pod annotations.")
     pod_labels: dict[str, str] = Field(default_factory=dict, description="Extra pod labels.")
@@ -433,9 +430,7 @@ class AnalysisSpec(_Model):
         ge=1,
         description="Requests each track must have served in the window; fewer is inconclusive.",
     )
-    failure_limit: int = Field(
-        default=2, ge=1, le=100, description="Consecutive failed analyses that roll back."
-    )
+    failure_limit: int = Field(default=2, ge=1, le=100, description="Consecutive failed analyses that roll back.")
     inconclusive_limit: int = Field(
         default=5, ge=1, le=1000, description="Consecutive inconclusive analyses before `onInconclusive`."
     )
@@ -500,7 +495,7 @@ class RolloutSpec(_Model):
     @field_validator("steps")
     @classmethod
     def _ascending(cls, steps: list[int]) -> list[int]:
-        if any(b <= a for a, b in zip(steps, steps[1:], strict=False)):
+        if any(b <= a for a, b in pairwise(steps)):
             raise ValueError("steps must be ascending and must not repeat a weight")
         return steps
 
@@ -567,6 +562,7 @@ class TrackStatus(_Model):
     version: str | None = Field(default=None, description="Model version served.")
     image: str | None = Field(default=None, description="Image served.")
     revision: str | None = Field(default=None, description="Hash of the track's spec.model.")
+    model: ModelSpec | None = Field(default=None, description="The spec.model this track serves.")
     weight: int = Field(default=0, ge=0, le=100, description="Percent of traffic.")
     replicas: int = Field(default=0, description="Desired pods.")
     ready_replicas: int = Field(default=0, description="Ready pods.")
@@ -579,7 +575,14 @@ class CanaryStatus(TrackStatus):
     failed_checks: int = Field(default=0, description="Consecutive failed analyses.")
     inconclusive_checks: int = Field(default=0, description="Consecutive inconclusive analyses.")
     started_at: datetime | None = Field(default=None, description="When the rollout started.")
-    step_started_at: datetime | None = Field(default=None, description="When the current step started.")
+    step_started_at: datetime | None = Field(default=None, description="When the current step's weight was set.")
+    progressed_at: datetime | None = Field(
+        default=None, description="Last progress (step start or conclusive analysis); the deadline counts from it."
+    )
+    analyzed_at: datetime | None = Field(default=None, description="When the last analysis of this canary ran.")
+    promoting: bool = Field(default=False, description="Promoted; waiting for the stable track to serve it.")
+    rolled_back_at: datetime | None = Field(default=None, description="When this canary was rolled back.")
+    scaled_down: bool = Field(default=False, description="Rolled back and scaled to zero.")
 
 
 class CheckResult(_Model):
@@ -646,12 +649,21 @@ class FraudModelStatus(_Model):
     )
 
 
+def revision_of(model: ModelSpec) -> str:
+    """A short stable hash of a spec.model: a new revision starts a rollout."""
+    import hashlib
+    import json
+
+    raw = json.dumps(model.model_dump(mode="json", by_alias=True), sort_keys=True)
+    return hashlib.sha256(raw.encode()).hexdigest()[:10]
+
+
 class ObjectMeta(BaseModel):
     """The part of metadata the operator reads."""
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 
-    name: str
+    name: str = Field(max_length=MAX_NAME_LENGTH, pattern=r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
     namespace: str = "default"
     uid: str = ""
     generation: int = 0
@@ -695,13 +707,14 @@ __all__ = [
     "Phase",
     "RolloutSpec",
     "ServingSpec",
+    "SpecError",
     "Strategy",
     "TrackStatus",
     "TrafficRouting",
     "Verdict",
-    "SpecError",
     "parse_duration",
     "parse_fraudmodel",
+    "revision_of",
 ]
 
 

@@ -14,6 +14,7 @@ import sys
 from typing import Any
 
 import yaml
+from pydantic import BaseModel
 
 from fraudmodel_operator import api
 
@@ -91,9 +92,7 @@ def structural(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
     if out.get("additionalProperties") is False:
         del out["additionalProperties"]  # forbidden in structural schemas; unknown fields are pruned
     for bound in ("Minimum", "Maximum"):
-        if isinstance(out.get(f"exclusive{bound}"), int | float) and not isinstance(
-            out.get(f"exclusive{bound}"), bool
-        ):
+        if isinstance(out.get(f"exclusive{bound}"), int | float) and not isinstance(out.get(f"exclusive{bound}"), bool):
             out[bound.lower()] = out[f"exclusive{bound}"]
             out[f"exclusive{bound}"] = True  # OpenAPI v3.0 form
     return _ordered(out)
@@ -135,7 +134,7 @@ def _strip_marks(node: Any) -> None:
             _strip_marks(value)
 
 
-def openapi_schema(model: type[api.BaseModel]) -> dict[str, Any]:
+def openapi_schema(model: type[BaseModel]) -> dict[str, Any]:
     """The structural schema of a pydantic model."""
     schema = model.model_json_schema(by_alias=True, mode="validation")
     defs = schema.pop("$defs", {})
@@ -186,7 +185,9 @@ PRINTER_COLUMNS = [
 def crd() -> dict[str, Any]:
     """The FraudModel CustomResourceDefinition."""
     spec = openapi_schema(api.FraudModelSpec)
-    spec["description"] = "Desired state of a FraudModel: the model version, how it is served, how new versions roll out."
+    spec["description"] = (
+        "Desired state of a FraudModel: the model version, how it is served, how new versions roll out."
+    )
     status = openapi_schema(api.FraudModelStatus)
     status["description"] = "Observed state, written only by the operator."
     return {
@@ -220,6 +221,13 @@ def crd() -> dict[str, Any]:
                             "description": "A fraud-detection model served by BentoML, "
                             "released through canary steps judged against the stable version.",
                             "required": ["spec"],
+                            "x-kubernetes-validations": [
+                                {
+                                    "rule": f"self.metadata.name.size() <= {api.MAX_NAME_LENGTH}",
+                                    "message": f"metadata.name must be at most {api.MAX_NAME_LENGTH} characters "
+                                    "(child objects append -stable/-canary)",
+                                }
+                            ],
                             "properties": {
                                 "apiVersion": {"type": "string", "description": "API version."},
                                 "kind": {"type": "string", "description": "Kind: FraudModel."},

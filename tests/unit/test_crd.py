@@ -67,7 +67,12 @@ def rules(node: dict[str, Any]) -> list[str]:
 
 @pytest.mark.parametrize(
     "fragment",
-    ["self.minReplicas <= self.maxReplicas", "isSorted()", "has(self.replicaRatio) ? 1 : 0", "minRatio <= self.maxRatio"],
+    [
+        "self.minReplicas <= self.maxReplicas",
+        "isSorted()",
+        "has(self.replicaRatio) ? 1 : 0",
+        "minRatio <= self.maxRatio",
+    ],
     ids=["replicas", "steps-ascending", "one-router", "flag-rate-bounds"],
 )
 def test_cel_rules_present(fragment: str) -> None:

@@ -19,7 +19,8 @@ def expectations(path: Path) -> tuple[str, str]:
     text = path.read_text()
     field = re.search(r"^# expect-field: (.+)$", text, re.M)
     message = re.search(r"^# expect-message: (.+)$", text, re.M)
-    assert field and message, f"{path.name} lacks expect-field/expect-message comments"
+    assert field, f"{path.name} lacks an expect-field comment"
+    assert message, f"{path.name} lacks an expect-message comment"
     return field.group(1).strip(), message.group(1).strip()
 
 

@@ -1,0 +1,192 @@
+"""Kopf wiring, thin: configure once, index the children, run one reconcile loop per FraudModel.
+
+Design (see docs/operator.md):
+- a daemon per FraudModel reconciles every `RECONCILE_INTERVAL` seconds (level-triggered)
+  and at once when woken by a watch event of the FraudModel or of one of its children;
+- children are kept in Kopf indexes (in memory, fed by watches), so a reconcile that
+  changes nothing sends no request at all;
+- no create/update handlers, so Kopf writes no progress or diff-base annotations;
+  its only mark on the object is a finalizer under our own prefix, which lets it stop
+  the daemon before the FraudModel goes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import kopf
+from lightkube import AsyncClient
+from lightkube.config.kubeconfig import KubeConfig
+from prometheus_client import start_http_server
+
+from fraudmodel_operator import api
+from fraudmodel_operator.api import FraudModel, parse_duration
+from fraudmodel_operator.kube import KubeClient, Manifest
+from fraudmodel_operator.metrics import OperatorMetrics
+from fraudmodel_operator.planner import INSTANCE_LABEL, MANAGED_BY
+from fraudmodel_operator.prometheus import PrometheusProvider
+from fraudmodel_operator.reconciler import Context, reconcile
+from fraudmodel_operator.rollout import Event
+from fraudmodel_operator.settings import OperatorConfig
+
+log = logging.getLogger(__name__)
+MANAGED = {"app.kubernetes.io/managed-by": MANAGED_BY}
+FINALIZER = f"{api.GROUP}/finalizer"
+
+
+@dataclass
+class Runtime:
+    """Process-wide state, kept in Kopf's memo (no globals)."""
+
+    config: OperatorConfig
+    context: Context
+    http: httpx.AsyncClient
+    wakeups: dict[tuple[str, str], asyncio.Event] = field(default_factory=dict)
+
+    def wake(self, namespace: str, name: str) -> None:
+        event = self.wakeups.get((namespace, name))
+        if event is not None:
+            event.set()
+
+
+def configure(settings: kopf.OperatorSettings, config: OperatorConfig) -> None:
+    """Kopf settings, applied once at startup."""
+    settings.persistence.finalizer = FINALIZER
+    # No change-detecting handlers exist, but should one appear, keep its bookkeeping in status.
+    settings.persistence.progress_storage = kopf.StatusProgressStorage(field="status.kopf.progress")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=api.GROUP, key="last-handled-configuration"
+    )
+    settings.peering.name = config.peering
+    settings.peering.standalone = config.standalone
+    settings.peering.mandatory = not config.standalone
+    settings.watching.server_timeout = config.watch_timeout
+    settings.watching.client_timeout = config.watch_timeout + 30
+    settings.posting.level = logging.INFO
+    settings.execution.max_workers = 20
+
+
+def build_runtime(config: OperatorConfig, kube_client: AsyncClient, http: httpx.AsyncClient) -> Runtime:
+    def provider_for(fm: FraudModel) -> PrometheusProvider:
+        prom = fm.spec.rollout.analysis.prometheus
+        return PrometheusProvider(http, prom.address, parse_duration(prom.timeout))
+
+    context = Context(kube=KubeClient(kube_client), metrics=OperatorMetrics(), provider_for=provider_for)
+    return Runtime(config=config, context=context, http=http)
+
+
+@kopf.on.startup()
+async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    config: OperatorConfig = memo.get("config") or OperatorConfig()
+    configure(settings, config)
+    if "runtime" not in memo:  # tests inject their own
+        runtime = build_runtime(config, AsyncClient(config=KubeConfig.from_env()), httpx.AsyncClient())
+        memo["runtime"] = runtime
+        start_http_server(config.metrics_port, registry=runtime.context.metrics.registry)
+        log.info("operator metrics on :%d/metrics", config.metrics_port)
+
+
+@kopf.on.cleanup()
+async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    runtime: Runtime | None = memo.get("runtime")
+    if runtime is not None:
+        await runtime.http.aclose()
+
+
+# ---------------------------------------------------------------- children, indexed
+
+
+def _snapshot(kind: str, api_version: str, body: kopf.Body) -> Manifest:
+    raw = dict(body)
+    return {**raw, "apiVersion": api_version, "kind": kind}
+
+
+def _owner(labels: Mapping[str, str]) -> str | None:
+    return labels.get(INSTANCE_LABEL)
+
+
+def _child_index(group: str, version: str, plural: str, kind: str) -> None:
+    api_version = f"{group}/{version}" if group else version
+
+    @kopf.index(group, version, plural, labels=MANAGED, id=f"{plural}_index")
+    def index(namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any) -> Any:
+        owner = _owner(labels)
+        return {(namespace, owner): _snapshot(kind, api_version, body)} if owner else None
+
+    @kopf.on.event(group, version, plural, labels=MANAGED, id=f"{plural}_wake")
+    def wake(namespace: str | None, labels: Mapping[str, str], memo: Any, **_: Any) -> None:
+        owner = _owner(labels)
+        runtime: Runtime | None = memo.get("runtime")
+        if owner and namespace and runtime is not None:
+            runtime.wake(namespace, owner)
+
+
+CHILD_KINDS = (
+    ("apps", "v1", "deployments", "Deployment"),
+    ("", "v1", "services", "Service"),
+    ("autoscaling", "v2", "horizontalpodautoscalers", "HorizontalPodAutoscaler"),
+    ("policy", "v1", "poddisruptionbudgets", "PodDisruptionBudget"),
+)
+for _group, _version, _plural, _kind in CHILD_KINDS:
+    _child_index(_group, _version, _plural, _kind)
+
+
+def live_children(indexes: Mapping[str, Any], namespace: str, name: str) -> dict[tuple[str, str], Manifest]:
+    live: dict[tuple[str, str], Manifest] = {}
+    for _, _, plural, _ in CHILD_KINDS:
+        for obj in indexes[f"{plural}_index"].get((namespace, name), []):
+            live[(obj["kind"], obj["metadata"]["name"])] = obj
+    return live
+
+
+# ---------------------------------------------------------------- the FraudModel loop
+
+
+@kopf.on.event(api.GROUP, api.VERSION, api.PLURAL)
+def fraudmodel_changed(namespace: str | None, name: str, memo: Any, **_: Any) -> None:
+    runtime: Runtime | None = memo.get("runtime")
+    if runtime is not None and namespace:
+        runtime.wake(namespace, name)
+
+
+@kopf.daemon(api.GROUP, api.VERSION, api.PLURAL, cancellation_timeout=10.0)
+async def fraudmodel_loop(
+    namespace: str | None, name: str, body: kopf.Body, memo: Any, stopped: kopf.DaemonStopped, **kwargs: Any
+) -> None:
+    runtime: Runtime = memo["runtime"]
+    namespace = namespace or "default"
+    wakeup = runtime.wakeups.setdefault((namespace, name), asyncio.Event())
+
+    def emit(event: Event) -> None:
+        kopf.event(body, type=event.type, reason=event.reason, message=event.message)
+
+    try:
+        while not stopped:
+            wakeup.clear()
+            try:
+                live = live_children(kwargs, namespace, name)
+                await reconcile(runtime.context, body, live, datetime.now(UTC), emit)
+            except Exception:  # one FraudModel's failure never stops the others, nor its own loop
+                runtime.context.metrics.errors.inc()
+                runtime.context.metrics.reconciles.labels("error").inc()
+                log.exception("reconcile of %s/%s failed; retrying at the next interval", namespace, name)
+            await _sleep(wakeup, stopped, runtime.config.reconcile_interval)
+    finally:
+        runtime.wakeups.pop((namespace, name), None)
+        runtime.context.metrics.forget(namespace, name)
+
+
+async def _sleep(wakeup: asyncio.Event, stopped: kopf.DaemonStopped, seconds: float) -> None:
+    """Until woken, stopped, or `seconds` pass."""
+    waiters = [asyncio.ensure_future(wakeup.wait()), asyncio.ensure_future(stopped.wait(seconds))]
+    try:
+        await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()

@@ -1,0 +1,158 @@
+"""Kubernetes writes: server-side apply under one field manager, deletes, status patches.
+
+Reads come from Kopf's in-memory indexes of the children (see handlers.py), so a
+reconcile that changes nothing makes no request at all. The pure helpers here
+decide *whether* to write; `KubeWriter` does the writing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from lightkube import AsyncClient
+from lightkube.core.exceptions import ApiError
+from lightkube.generic_resource import create_namespaced_resource
+from lightkube.types import PatchType
+
+from fraudmodel_operator import api
+from fraudmodel_operator.settings import FIELD_MANAGER
+
+Manifest = dict[str, Any]
+
+# (apiVersion, kind) -> plural, for every kind the operator may own.
+KINDS: dict[tuple[str, str], str] = {
+    ("apps/v1", "Deployment"): "deployments",
+    ("v1", "Service"): "services",
+    ("autoscaling/v2", "HorizontalPodAutoscaler"): "horizontalpodautoscalers",
+    ("policy/v1", "PodDisruptionBudget"): "poddisruptionbudgets",
+    ("gateway.networking.k8s.io/v1", "HTTPRoute"): "httproutes",
+    ("networking.istio.io/v1", "VirtualService"): "virtualservices",
+    ("networking.k8s.io/v1", "Ingress"): "ingresses",
+}
+
+
+def _resource(api_version: str, kind: str) -> Any:
+    group, _, version = api_version.rpartition("/")
+    return create_namespaced_resource(group, version, kind, KINDS[(api_version, kind)])
+
+
+FRAUDMODEL = create_namespaced_resource(api.GROUP, api.VERSION, api.KIND, api.PLURAL)
+
+
+def key(manifest: Manifest) -> tuple[str, str, str]:
+    """`(apiVersion, kind, name)`: how children are matched with live objects."""
+    return manifest["apiVersion"], manifest["kind"], manifest["metadata"]["name"]
+
+
+def with_owner(manifest: Manifest, owner: api.FraudModel) -> Manifest:
+    """The manifest adopted by its FraudModel (garbage-collected with it)."""
+    meta = dict(manifest["metadata"])
+    meta["ownerReferences"] = [
+        {
+            "apiVersion": f"{api.GROUP}/{api.VERSION}",
+            "kind": api.KIND,
+            "name": owner.metadata.name,
+            "uid": owner.metadata.uid,
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+    ]
+    return {**manifest, "metadata": meta}
+
+
+def _same(desired: Any, live: Any) -> bool:
+    if isinstance(desired, dict):
+        return isinstance(live, dict) and all(_same(v, live.get(k)) for k, v in desired.items())
+    if isinstance(desired, list):
+        return isinstance(live, list) and len(desired) == len(live) and all(map(_same, desired, live))
+    if isinstance(desired, bool) or isinstance(live, bool):
+        return desired is live
+    if isinstance(desired, int | float) and isinstance(live, int | float):
+        return float(desired) == float(live)
+    return desired == live or (desired is not None and live is not None and str(desired) == str(live))
+
+
+def up_to_date(desired: Manifest, live: Manifest | None) -> bool:
+    """Whether every field we set is already live (the API server adds defaults; those are ignored)."""
+    if live is None:
+        return False
+    return _same({k: v for k, v in desired.items() if k not in ("apiVersion", "kind")}, live)
+
+
+def merge_patch(old: Any, new: Any) -> Any:
+    """An RFC 7386 merge patch turning `old` into `new` (None when they are equal)."""
+    if not isinstance(old, dict) or not isinstance(new, dict):
+        return None if old == new else new
+    patch: dict[str, Any] = {}
+    for k in old.keys() - new.keys():
+        patch[k] = None
+    for k, v in new.items():
+        if k not in old:
+            patch[k] = v
+        else:
+            sub = merge_patch(old[k], v)
+            if sub is not None or (v is None and old[k] is not None):
+                patch[k] = sub
+    return patch or None
+
+
+class Kube(Protocol):
+    """What the reconciler and routers need from the cluster (a fake records calls in tests)."""
+
+    async def get(self, api_version: str, kind: str, namespace: str, name: str) -> Manifest | None: ...
+    async def apply(self, manifest: Manifest) -> None: ...
+    async def delete(self, api_version: str, kind: str, namespace: str, name: str) -> None: ...
+    async def patch_status(self, namespace: str, name: str, patch: dict[str, Any]) -> None: ...
+
+
+class NotServable(Exception):
+    """The cluster cannot take an object we planned (e.g. a router's CRD is not installed)."""
+
+
+@dataclass
+class KubeClient:
+    """`Kube` over the Kubernetes API (lightkube), counting requests for metrics and benchmarks."""
+
+    client: AsyncClient
+    requests: dict[str, int] = field(default_factory=dict)
+
+    def _count(self, verb: str) -> None:
+        self.requests[verb] = self.requests.get(verb, 0) + 1
+
+    async def get(self, api_version: str, kind: str, namespace: str, name: str) -> Manifest | None:
+        self._count("get")
+        try:
+            obj = await self.client.get(_resource(api_version, kind), name, namespace=namespace)
+        except ApiError as exc:
+            if exc.status.code == 404:
+                return None
+            raise
+        return dict(obj)
+
+    async def apply(self, manifest: Manifest) -> None:
+        res = _resource(manifest["apiVersion"], manifest["kind"])
+        self._count("apply")
+        try:
+            await self.client.apply(res(manifest), field_manager=FIELD_MANAGER, force=True)
+        except ApiError as exc:
+            if exc.status.code == 404:
+                raise NotServable(
+                    f"{manifest['kind']} ({manifest['apiVersion']}) is not served by this cluster: "
+                    "install its CRD or choose another traffic router"
+                ) from exc
+            raise
+
+    async def delete(self, api_version: str, kind: str, namespace: str, name: str) -> None:
+        self._count("delete")
+        try:
+            await self.client.delete(_resource(api_version, kind), name, namespace=namespace)
+        except ApiError as exc:
+            if exc.status.code != 404:
+                raise
+
+    async def patch_status(self, namespace: str, name: str, patch: dict[str, Any]) -> None:
+        self._count("patch_status")
+        await self.client.patch(
+            FRAUDMODEL.Status, name, {"status": patch}, namespace=namespace, patch_type=PatchType.MERGE
+        )

@@ -1,0 +1,101 @@
+"""The operator's own Prometheus metrics (served on the metrics port)."""
+
+from __future__ import annotations
+
+from contextlib import suppress
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from fraudmodel_operator.api import AnalysisStatus, Phase
+
+PREFIX = "fraudmodel_operator"
+
+
+class OperatorMetrics:
+    """One registry per operator (tests make their own)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.reconciles = Counter(f"{PREFIX}_reconcile", "Reconciles by outcome.", ["outcome"], registry=r)
+        self.errors = Counter(f"{PREFIX}_reconcile_errors", "Reconciles that raised.", registry=r)
+        self.duration = Histogram(
+            f"{PREFIX}_reconcile_duration_seconds", "Reconcile duration by outcome.", ["outcome"], registry=r
+        )
+        self.writes = Counter(f"{PREFIX}_api_writes", "Writes to the Kubernetes API by verb.", ["verb"], registry=r)
+        self.by_phase = Gauge(f"{PREFIX}_fraudmodels", "FraudModels by phase.", ["phase"], registry=r)
+        self.phase = Gauge(
+            f"{PREFIX}_phase",
+            "1 for the current phase of each FraudModel.",
+            ["namespace", "fraudmodel", "phase"],
+            registry=r,
+        )
+        self.weight = Gauge(
+            f"{PREFIX}_canary_weight", "Canary traffic percent.", ["namespace", "fraudmodel"], registry=r
+        )
+        self.rollbacks = Counter(
+            f"{PREFIX}_rollbacks", "Automatic and manual rollbacks.", ["namespace", "fraudmodel", "reason"], registry=r
+        )
+        self.analysis_value = Gauge(
+            f"{PREFIX}_analysis_value",
+            "Last measured value per check.",
+            ["namespace", "fraudmodel", "check"],
+            registry=r,
+        )
+        self.analysis_threshold = Gauge(
+            f"{PREFIX}_analysis_threshold",
+            "Numeric bound of the last analysis per check (upper bound where there are two).",
+            ["namespace", "fraudmodel", "check"],
+            registry=r,
+        )
+        self.verdicts = Counter(
+            f"{PREFIX}_analysis_verdict",
+            "Check verdicts.",
+            ["namespace", "fraudmodel", "check", "verdict"],
+            registry=r,
+        )
+        self.deadline = Gauge(
+            f"{PREFIX}_progress_deadline_exceeded",
+            "1 when a rollout is past its progress deadline.",
+            ["namespace", "fraudmodel"],
+            registry=r,
+        )
+        self._phases: dict[tuple[str, str], Phase] = {}
+
+    def observe_phase(self, namespace: str, name: str, phase: Phase | None) -> None:
+        key = (namespace, name)
+        before = self._phases.pop(key, None)
+        if before is not None:
+            self.phase.remove(namespace, name, before.value)
+        if phase is not None:
+            self._phases[key] = phase
+            self.phase.labels(namespace, name, phase.value).set(1)
+        for p in Phase:
+            self.by_phase.labels(p.value).set(sum(1 for v in self._phases.values() if v == p))
+
+    def observe_analysis(self, namespace: str, name: str, analysis: AnalysisStatus) -> None:
+        for check in analysis.checks:
+            self.verdicts.labels(namespace, name, check.name, check.verdict.value).inc()
+            if check.value is not None:
+                self.analysis_value.labels(namespace, name, check.name).set(check.value)
+            bound = _upper_bound(check.threshold)
+            if bound is not None:
+                self.analysis_threshold.labels(namespace, name, check.name).set(bound)
+
+    def forget(self, namespace: str, name: str) -> None:
+        self.observe_phase(namespace, name, None)
+        for gauge in (self.weight, self.deadline):
+            with suppress(KeyError):
+                gauge.remove(namespace, name)
+
+
+def _upper_bound(threshold: str) -> float | None:
+    """The number after `<=` or the upper end of `in [a, b]`."""
+    text = threshold.replace("s", "").replace("]", "")
+    for sep in ("<= ", ", "):
+        if sep in text:
+            try:
+                return float(text.rsplit(sep, 1)[1].split()[0])
+            except (ValueError, IndexError):
+                return None
+    return None

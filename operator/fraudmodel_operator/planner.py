@@ -1,0 +1,275 @@
+"""Plan the desired child objects of a FraudModel. Pure: no kopf, no client, no I/O, no clock.
+
+The plan reads the *tracks* from the status (which version each track serves, its
+weight), and how to serve them from the spec. Each child is a plain manifest ready
+for server-side apply; the owner reference is added by the applier.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from fraudmodel_operator.api import FraudModel, ModelSpec, ServingSpec
+
+Track = Literal["stable", "canary"]
+Manifest = dict[str, Any]
+
+MANAGED_BY = "fraudmodel-operator"
+TRACK_LABEL = "serving.riskml.io/track"
+INSTANCE_LABEL = "serving.riskml.io/fraudmodel"
+CONTAINER = "bentoml"
+
+
+@dataclass(frozen=True)
+class TrackPlan:
+    """What one track should run: its model, weight and replica bounds."""
+
+    track: Track
+    model: ModelSpec
+    weight: int
+    replicas: int  # fixed replicas (no autoscaling) or the HPA floor
+    max_replicas: int | None  # None without autoscaling
+
+
+def child_name(fm_name: str, track: Track | None = None) -> str:
+    return f"{fm_name}-{track}" if track else fm_name
+
+
+def selector_labels(fm_name: str, track: Track | None = None) -> dict[str, str]:
+    labels = {
+        "app.kubernetes.io/instance": fm_name,
+        "app.kubernetes.io/component": "predictor",
+        INSTANCE_LABEL: fm_name,
+    }
+    if track:
+        labels[TRACK_LABEL] = track
+    return labels
+
+
+def common_labels(fm: FraudModel, track: Track | None = None, model: ModelSpec | None = None) -> dict[str, str]:
+    model = model or fm.spec.model
+    return {
+        "app.kubernetes.io/name": model.name,
+        "app.kubernetes.io/version": model.version,
+        "app.kubernetes.io/managed-by": MANAGED_BY,
+        "app.kubernetes.io/part-of": "fraud-detection",
+        **selector_labels(fm.metadata.name, track),
+    }
+
+
+# ---------------------------------------------------------------- replicas
+
+
+def replicas_for_weight(total: int, weight: int) -> int:
+    """Canary pods for a weight: proportional, rounded up, at least one while it has traffic."""
+    if weight <= 0 or total <= 0:
+        return 0
+    return max(1, math.ceil(total * weight / 100))
+
+
+def plan_tracks(fm: FraudModel) -> list[TrackPlan]:
+    """The tracks to run, from the status (which models) and the spec (how many pods)."""
+    serving = fm.spec.serving
+    status = fm.status
+    stable_model = status.stable.model or fm.spec.model
+    canary = status.canary
+    canary_weight = canary.weight if canary else 0
+    replica_ratio = fm.spec.rollout.traffic_routing.kind == "replicaRatio"
+    auto = serving.autoscaling
+    total = auto.min_replicas if auto else serving.replicas
+    canary_pods = replicas_for_weight(total, canary_weight)
+    if canary is not None and canary.scaled_down:
+        canary_pods = 0  # rolled back and scaled down
+    elif canary is not None and canary_pods == 0:
+        canary_pods = 1  # a canary without traffic still runs one pod, to warm up and be analysed
+    stable_pods = total
+    if replica_ratio and canary is not None and canary_weight > 0:
+        # The split *is* the replica ratio: take the canary's pods from the stable.
+        stable_pods = max(1, total - canary_pods) if canary_weight < 100 else 0
+    max_replicas = auto.max_replicas if auto else None
+    tracks = [TrackPlan("stable", stable_model, 100 - canary_weight, stable_pods, max_replicas)]
+    if canary is not None and canary.model is not None:
+        tracks.append(TrackPlan("canary", canary.model, canary_weight, canary_pods, max_replicas))
+    return tracks
+
+
+# ---------------------------------------------------------------- manifests
+
+
+def _meta(fm: FraudModel, name: str, track: Track | None, model: ModelSpec | None = None) -> dict[str, Any]:
+    return {"name": name, "namespace": fm.metadata.namespace, "labels": common_labels(fm, track, model)}
+
+
+def _env(fm: FraudModel, plan: TrackPlan) -> list[dict[str, str]]:
+    model = plan.model
+    env = [
+        {"name": "FRAUDMODEL_NAME", "value": model.name},
+        {"name": "FRAUDMODEL_VERSION", "value": model.version},
+        {"name": "FRAUDMODEL_TRACK", "value": plan.track},
+        {"name": "FRAUDMODEL_THRESHOLD", "value": repr(model.threshold)},
+        {"name": "FRAUDMODEL_FEATURE_SCHEMA", "value": model.feature_schema_version},
+        {"name": "BENTOML_PORT", "value": str(fm.spec.serving.port)},
+        {"name": "TMPDIR", "value": "/tmp"},
+    ]
+    if model.tag:
+        env.append({"name": "FRAUDMODEL_MODEL_TAG", "value": model.tag})
+    if model.uri:
+        env.append({"name": "FRAUDMODEL_MODEL_URI", "value": model.uri})
+    env += [{"name": e.name, "value": e.value} for e in fm.spec.serving.env]
+    return env
+
+
+def _probe(path: str, period: int, failures: int) -> dict[str, Any]:
+    return {
+        "httpGet": {"path": path, "port": "http"},
+        "periodSeconds": period,
+        "timeoutSeconds": 2,
+        "failureThreshold": failures,
+    }
+
+
+def _pod_spec(fm: FraudModel, plan: TrackPlan) -> dict[str, Any]:
+    serving: ServingSpec = fm.spec.serving
+    container = {
+        "name": CONTAINER,
+        "image": plan.model.image,
+        "imagePullPolicy": "IfNotPresent",
+        "ports": [{"name": "http", "containerPort": serving.port, "protocol": "TCP"}],
+        "env": _env(fm, plan),
+        "resources": serving.resources.model_dump(mode="json"),
+        "startupProbe": _probe("/readyz", 2, 90),
+        "livenessProbe": _probe("/livez", 10, 3),
+        "readinessProbe": _probe("/readyz", 5, 3),
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+    }
+    pod: dict[str, Any] = {
+        "automountServiceAccountToken": serving.automount_service_account_token,
+        "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+        "terminationGracePeriodSeconds": 30,
+        "containers": [container],
+        "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}}],
+    }
+    if serving.service_account_name:
+        pod["serviceAccountName"] = serving.service_account_name
+    if serving.node_selector:
+        pod["nodeSelector"] = dict(serving.node_selector)
+    if serving.tolerations:
+        pod["tolerations"] = [t.model_dump(mode="json", by_alias=True, exclude_none=True) for t in serving.tolerations]
+    return pod
+
+
+def plan_deployment(fm: FraudModel, plan: TrackPlan) -> Manifest:
+    serving = fm.spec.serving
+    pod_labels = {**serving.pod_labels, **common_labels(fm, plan.track, plan.model)}
+    annotations = {
+        **serving.pod_annotations,
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": str(serving.port),
+        "prometheus.io/path": "/metrics",
+    }
+    spec: dict[str, Any] = {
+        "selector": {"matchLabels": selector_labels(fm.metadata.name, plan.track)},
+        "revisionHistoryLimit": 3,
+        "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": 0}},
+        "template": {
+            "metadata": {"labels": pod_labels, "annotations": annotations},
+            "spec": _pod_spec(fm, plan),
+        },
+    }
+    if plan.max_replicas is None or plan.replicas == 0:
+        # Without an HPA the operator owns `replicas`; with one, the HPA does (we never fight it).
+        spec["replicas"] = plan.replicas
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _meta(fm, child_name(fm.metadata.name, plan.track), plan.track, plan.model),
+        "spec": spec,
+    }
+
+
+def plan_service(fm: FraudModel, track: Track | None, model: ModelSpec) -> Manifest:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _meta(fm, child_name(fm.metadata.name, track), track, model),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": selector_labels(fm.metadata.name, track),
+            "ports": [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}],
+        },
+    }
+
+
+def plan_hpa(fm: FraudModel, plan: TrackPlan) -> Manifest:
+    auto = fm.spec.serving.autoscaling
+    assert auto is not None
+    assert plan.max_replicas is not None
+    metrics: list[dict[str, Any]] = [
+        {
+            "type": "Resource",
+            "resource": {
+                "name": "cpu",
+                "target": {"type": "Utilization", "averageUtilization": auto.target_cpu_utilization},
+            },
+        }
+    ]
+    if auto.target_requests_per_second is not None:
+        metrics.append(
+            {
+                "type": "Pods",
+                "pods": {
+                    "metric": {"name": "bentoml_service_request_per_second"},
+                    "target": {"type": "AverageValue", "averageValue": str(auto.target_requests_per_second)},
+                },
+            }
+        )
+    floor = max(1, plan.replicas)
+    return {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": _meta(fm, child_name(fm.metadata.name, plan.track), plan.track, plan.model),
+        "spec": {
+            "scaleTargetRef": {
+                "apiVersion": "apps/v1",
+                "kind": "Deployment",
+                "name": child_name(fm.metadata.name, plan.track),
+            },
+            "minReplicas": floor,
+            "maxReplicas": max(floor, plan.max_replicas),
+            "metrics": metrics,
+        },
+    }
+
+
+def plan_pdb(fm: FraudModel, plan: TrackPlan) -> Manifest:
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": _meta(fm, child_name(fm.metadata.name, plan.track), plan.track, plan.model),
+        "spec": {
+            "maxUnavailable": 1,
+            "selector": {"matchLabels": selector_labels(fm.metadata.name, plan.track)},
+        },
+    }
+
+
+def plan_children(fm: FraudModel) -> list[Manifest]:
+    """Every child the FraudModel should own right now (router objects are planned by the router)."""
+    tracks = plan_tracks(fm)
+    children: list[Manifest] = [plan_service(fm, None, tracks[0].model)]
+    for plan in tracks:
+        children.append(plan_deployment(fm, plan))
+        children.append(plan_service(fm, plan.track, plan.model))
+        if plan.max_replicas is not None and plan.replicas > 0:
+            children.append(plan_hpa(fm, plan))
+        if plan.track == "stable" and plan.replicas > 1:
+            children.append(plan_pdb(fm, plan))
+    return children
