@@ -1,0 +1,35 @@
+# syntax=docker/dockerfile:1
+# The fraudmodel-operator image: the operator and its runtime dependencies only
+# (kopf, pydantic, pyyaml, prometheus-client, httpx, lightkube) — no torch, no BentoML.
+#   docker build -t fraudmodel-operator:dev .
+#   kind load docker-image fraudmodel-operator:dev --name fraudmodel
+ARG PYTHON_VERSION=3.11
+
+FROM python:${PYTHON_VERSION}-slim AS build
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PYTHONDONTWRITEBYTECODE=1
+RUN python -m venv /opt/operator
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY operator/ operator/
+RUN /opt/operator/bin/pip install . \
+ && /opt/operator/bin/pip uninstall --yes pip setuptools \
+ && /opt/operator/bin/python -c "import importlib.util as u; assert u.find_spec('torch') is None"
+
+FROM python:${PYTHON_VERSION}-slim
+LABEL org.opencontainers.image.title="fraudmodel-operator" \
+      org.opencontainers.image.description="Kopf operator serving FraudModels with BentoML and analysed canary rollouts" \
+      org.opencontainers.image.licenses="Apache-2.0"
+# Non-root (the chart's securityContext expects uid/gid 65532) and read-only-root friendly:
+# no bytecode writes at runtime, and /tmp is the only writable path (an emptyDir in the chart).
+RUN groupadd --system --gid 65532 operator \
+ && useradd --system --uid 65532 --gid 65532 --home-dir /nonexistent --no-create-home --shell /usr/sbin/nologin operator
+COPY --from=build /opt/operator /opt/operator
+ENV PATH=/opt/operator/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    METRICS_PORT=8080 \
+    LIVENESS_PORT=8081
+USER 65532:65532
+EXPOSE 8080 8081
+ENTRYPOINT ["fraudmodel-operator"]
+CMD ["run"]
