@@ -205,7 +205,7 @@ def save_to_store(cfg: TrainConfig, result: TrainResult, *, force: bool = False)
             "source": str(cfg.data) if cfg.data else "synthetic",
         },
         "threshold": cfg.threshold,
-        "framework": {"torch": torch.__version__},
+        "framework": {"torch": str(torch.__version__)},
     }
     labels = {"version": cfg.version, "variant": variant, "owner": "fraudmodel-operator"}
     with bentoml.models.create(tag, labels=labels, metadata=metadata) as ref:

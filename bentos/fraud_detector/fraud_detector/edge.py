@@ -1,0 +1,262 @@
+"""The service's edge: an ASGI middleware in front of BentoML's predict route.
+
+It does three things BentoML alone does not:
+
+1. **Validation with a reason.** ``POST /predict`` and ``POST /predict_batch``
+   bodies are parsed and validated against :class:`~fraud_detector.schema.Transaction`
+   before anything else. Invalid input gets 400 (malformed JSON), 413 (body too
+   large), 415 (not JSON) or 422 (anything else) with a JSON body that names
+   the field, and is counted in ``fraud_model_rejected_inputs_total{reason}``.
+   It never reaches the model, so it can never become a 5xx or a default.
+2. **One batching queue.** A single transaction sent to ``/predict`` is passed
+   on as a batch of one to the batchable ``/predict_batch`` API, so single and
+   batch requests share BentoML's adaptive batching; the answer is unwrapped.
+3. **Deliberate overload.** Requests beyond ``max_inflight`` per worker are
+   shed at once, and requests that BentoML's batching dispatcher drops because
+   they cannot meet the latency budget (its 503 "process is overloaded") are
+   rewritten to a documented 503 with ``Retry-After``; both are counted in
+   ``fraud_model_shed_requests_total``. 503 is used for shedding only, so an
+   error-rate check can count 5xx other than 503 as model errors.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from pydantic import TypeAdapter, ValidationError
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .metrics import ServiceMetrics
+from .schema import Transaction
+from .settings import Settings
+
+__all__ = ["PREDICT", "PREDICT_BATCH", "EdgeMiddleware", "Rejection", "reason_for", "validate_body"]
+
+PREDICT = "/predict"
+PREDICT_BATCH = "/predict_batch"
+_ONE = TypeAdapter(Transaction)
+
+_REASONS = {
+    "missing": "missing_field",
+    "finite_number": "not_finite",
+    "greater_than_equal": "out_of_range",
+    "less_than_equal": "out_of_range",
+    "greater_than": "out_of_range",
+    "less_than": "out_of_range",
+    "string_too_short": "out_of_range",
+    "string_too_long": "out_of_range",
+    "extra_forbidden": "unknown_field",
+}
+
+
+def reason_for(error_type: str) -> str:
+    """Our rejection reason for a pydantic error type; type errors by default."""
+    return _REASONS.get(error_type, "wrong_type")
+
+
+class Rejection(Exception):
+    """An input the edge refuses; rendered as a JSON error response."""
+
+    def __init__(self, status: int, errors: list[dict[str, str]]) -> None:
+        super().__init__(errors[0]["message"])
+        self.status = status
+        self.errors = errors
+
+    @property
+    def reason(self) -> str:
+        return self.errors[0]["reason"]
+
+    def body(self) -> bytes:
+        first = self.errors[0]
+        return json.dumps(
+            {
+                "error": "invalid input",
+                "reason": first["reason"],
+                "field": first["field"],
+                "message": f"{first['field']}: {first['message']}",
+                "errors": self.errors[:20],
+            }
+        ).encode()
+
+
+def _reject(status: int, reason: str, field: str, message: str) -> Rejection:
+    return Rejection(status, [{"field": field, "reason": reason, "message": message}])
+
+
+def _path(prefix: str, loc: tuple[int | str, ...]) -> str:
+    out = prefix
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "$"
+
+
+def _check(item: Any, prefix: str) -> None:
+    try:
+        _ONE.validate_python(item)
+    except ValidationError as exc:
+        errors = [
+            {"field": _path(prefix, tuple(e["loc"])), "reason": reason_for(e["type"]), "message": e["msg"]}
+            for e in exc.errors(include_url=False, include_input=False)
+        ]
+        raise Rejection(422, errors) from None
+
+
+def validate_body(path: str, body: bytes, settings: Settings) -> int:
+    """Validate a predict body; return the number of transactions or raise Rejection."""
+    try:
+        payload = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise _reject(400, "malformed_json", "$", f"body is not valid JSON: {exc}") from None
+    if path == PREDICT:
+        if not isinstance(payload, dict):
+            raise _reject(422, "wrong_type", "$", "body must be one transaction (a JSON object)")
+        _check(payload, "")
+        return 1
+    if not isinstance(payload, dict):
+        raise _reject(422, "wrong_type", "$", 'body must be {"transactions": [...]}')
+    for key in payload:
+        if key != "transactions":
+            raise _reject(422, "unknown_field", key, "unexpected field; the body has only 'transactions'")
+    if "transactions" not in payload:
+        raise _reject(422, "missing_field", "transactions", "Field required")
+    items = payload["transactions"]
+    if not isinstance(items, list):
+        raise _reject(422, "wrong_type", "transactions", "must be a list of transactions")
+    if len(items) > settings.max_batch_items:
+        raise _reject(
+            422, "batch_too_large", "transactions",
+            f"{len(items)} transactions, at most {settings.max_batch_items} per request",
+        )
+    for i, item in enumerate(items):
+        _check(item, f"transactions[{i}]")
+    return len(items)
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes | None:
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return b""
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+async def _respond(send: Send, status: int, body: bytes, extra: tuple[tuple[bytes, bytes], ...] = ()) -> None:
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        *extra,
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+class EdgeMiddleware:
+    def __init__(self, app: ASGIApp, *, settings: Settings, metrics: Callable[[], ServiceMetrics]) -> None:
+        self.app = app
+        self.settings = settings
+        self.metrics = metrics
+        self.inflight = 0
+        self._shed_body = json.dumps(
+            {
+                "error": "overloaded",
+                "reason": "shed",
+                "message": "the service is shedding load; retry after the Retry-After delay",
+                "retry_after_seconds": settings.retry_after_seconds,
+            }
+        ).encode()
+        self._retry_after = (b"retry-after", str(settings.retry_after_seconds).encode())
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or scope.get("method") != "POST" or path not in (PREDICT, PREDICT_BATCH):
+            await self.app(scope, receive, send)
+            return
+        metrics = self.metrics()
+        if self.inflight >= self.settings.max_inflight:
+            await self._shed(send, metrics)
+            return
+        self.inflight += 1
+        try:
+            await self._handle(scope, receive, send, path, metrics)
+        finally:
+            self.inflight -= 1
+
+    async def _shed(self, send: Send, metrics: ServiceMetrics) -> None:
+        metrics.shed.inc()
+        await _respond(send, 503, self._shed_body, (self._retry_after,))
+
+    async def _handle(self, scope: Scope, receive: Receive, send: Send, path: str, metrics: ServiceMetrics) -> None:
+        try:
+            ctype = dict(scope.get("headers") or []).get(b"content-type", b"application/json")
+            if ctype.split(b";")[0].strip().lower() != b"application/json":
+                raise _reject(415, "unsupported_media_type", "$", "send application/json")
+            body = await _read_body(receive, self.settings.max_body_bytes)
+            if body is None:
+                raise _reject(
+                    413, "batch_too_large", "$", f"body larger than {self.settings.max_body_bytes} bytes"
+                )
+            count = validate_body(path, body, self.settings)
+        except Rejection as rej:
+            metrics.rejected(rej.reason)
+            await _respond(send, rej.status, rej.body())
+            return
+        if count == 0:
+            await _respond(send, 200, b"[]")
+            return
+
+        single = path == PREDICT
+        forward_body = b'{"transactions":[' + body + b"]}" if single else body
+        headers = [
+            (k, v) for k, v in scope.get("headers") or [] if k not in (b"content-length", b"content-type")
+        ]
+        headers += [(b"content-type", b"application/json"), (b"content-length", str(len(forward_body)).encode())]
+        inner_scope = {**scope, "path": PREDICT_BATCH, "raw_path": PREDICT_BATCH.encode(), "headers": headers}
+        sent = False
+
+        async def inner_receive() -> Message:
+            nonlocal sent
+            if sent:
+                return await receive()  # only a disconnect can follow
+            sent = True
+            return {"type": "http.request", "body": forward_body, "more_body": False}
+
+        start: Message | None = None
+        chunks: list[bytes] = []
+
+        async def inner_send(message: Message) -> None:
+            nonlocal start
+            if message["type"] == "http.response.start":
+                start = message
+                return
+            if message["type"] != "http.response.body" or start is None:
+                await send(message)
+                return
+            chunks.append(message.get("body", b""))
+            if message.get("more_body", False):
+                return
+            await self._finish(send, start, b"".join(chunks), single, metrics)
+
+        await self.app(inner_scope, inner_receive, inner_send)
+
+    async def _finish(self, send: Send, start: Message, body: bytes, single: bool, metrics: ServiceMetrics) -> None:
+        status = int(start["status"])
+        if status == 503:
+            await self._shed(send, metrics)
+            return
+        if single and status == 200:
+            results = json.loads(body)
+            body = json.dumps(results[0]).encode()
+        headers = [(k, v) for k, v in start.get("headers", []) if k != b"content-length"]
+        headers.append((b"content-length", str(len(body)).encode()))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,108 @@
+"""The BentoML service: ``bentoml serve fraud_detector.service:FraudDetector``.
+
+Configuration comes from the environment the operator sets (see
+:class:`~fraud_detector.settings.Settings`): ``FRAUDMODEL_NAME``,
+``FRAUDMODEL_VERSION``, ``FRAUDMODEL_TRACK``, ``FRAUDMODEL_THRESHOLD``,
+``FRAUDMODEL_MODEL_TAG``, and the batching/overload knobs.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import bentoml
+import numpy as np
+import torch
+
+from . import model as model_io
+from .edge import EdgeMiddleware
+from .metrics import ServiceMetrics, service_metrics
+from .schema import FEATURE_NAMES, Prediction, Transaction
+from .settings import Settings
+
+__all__ = ["SETTINGS", "FraudDetector"]
+
+SETTINGS = Settings.from_env()
+
+
+@functools.cache
+def _stored_model() -> bentoml.Model:
+    try:
+        return bentoml.models.get(SETTINGS.model_tag)
+    except bentoml.exceptions.NotFound:
+        raise RuntimeError(
+            f"model {SETTINGS.model_tag} is not in the model store "
+            "(train it with `python -m fraud_detector.train --version ...`, "
+            "or check BENTOML_HOME / FRAUDMODEL_MODEL_TAG)"
+        ) from None
+
+
+def _version() -> str:
+    return SETTINGS.version or str(_stored_model().tag.version)
+
+
+@functools.cache
+def _metrics() -> ServiceMetrics:
+    return service_metrics(_version(), SETTINGS.track)
+
+
+@bentoml.service(
+    name="fraud_detector",
+    workers=SETTINGS.workers,
+    traffic={"timeout": 10},
+    logging={"access": {"enabled": False}},
+    endpoints={"livez": "/livez", "readyz": "/readyz"},
+)
+class FraudDetector:
+    """Scores card transactions for fraud with a PyTorch model."""
+
+    stored = bentoml.models.BentoModel(SETTINGS.model_tag)
+
+    def __init__(self) -> None:
+        # One intra-op thread per worker: requests are tiny, and more threads
+        # per worker only fight the other workers for the same cores.
+        torch.set_num_threads(1)
+        stored = _stored_model()
+        self.model = model_io.load(Path(stored.path))
+        self.version = _version()
+        self.name = SETTINGS.model_name
+        self.threshold = SETTINGS.threshold
+        self.metrics = _metrics()
+        self.model.predict_proba(np.zeros((1, len(FEATURE_NAMES)), dtype=np.float32))  # warm up
+        self.ready = True
+
+    def __is_ready__(self) -> bool:
+        return self.ready
+
+    @bentoml.api(
+        route="/predict_batch",
+        batchable=True,
+        max_batch_size=SETTINGS.max_batch_size,
+        max_latency_ms=SETTINGS.max_latency_ms,
+    )
+    async def predict_batch(self, transactions: list[Transaction]) -> list[Prediction]:
+        """Score transactions; single requests to /predict arrive here as batches of one.
+
+        ``async`` on purpose: the model call takes tens of microseconds, less
+        than a hop to a thread pool, so it runs on the event loop.
+        """
+        rows = np.array(
+            [[getattr(t, name) for name in FEATURE_NAMES] for t in transactions], dtype=np.float32
+        )
+        scores = self.model.predict_proba(rows).tolist()
+        self.metrics.observe(scores, self.threshold)
+        return [
+            Prediction(
+                transaction_id=t.transaction_id,  # type: ignore[attr-defined]
+                score=s,
+                decision="flag" if s >= self.threshold else "allow",
+                threshold=self.threshold,
+                model=self.name,
+                version=self.version,
+            )
+            for t, s in zip(transactions, scores, strict=True)
+        ]
+
+
+FraudDetector.add_asgi_middleware(EdgeMiddleware, settings=SETTINGS, metrics=_metrics)

@@ -1,0 +1,75 @@
+"""Runtime settings, read once from the environment the operator sets."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+__all__ = ["TRACKS", "Settings"]
+
+TRACKS = ("stable", "canary")
+
+
+def _int(env: Mapping[str, str], key: str, default: int, minimum: int) -> int:
+    raw = env.get(key)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"{key}={raw!r} is not an integer") from None
+    if value < minimum:
+        raise ValueError(f"{key}={value} must be >= {minimum}")
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the service is, and how it behaves at the edge.
+
+    Invalid values refuse to start the service with a message naming the
+    variable: a typo in a threshold must not silently become 0.5.
+    """
+
+    model_name: str = "fraud_detector"
+    model_tag: str = "fraud_detector:latest"
+    version: str | None = None  # None: the version of the loaded model's tag
+    track: str = "stable"
+    threshold: float = 0.5
+    workers: int = 1
+    max_batch_size: int = 64  # adaptive batching: most transactions per model call
+    max_latency_ms: int = 20  # adaptive batching: latency budget before shedding
+    max_batch_items: int = 1_000  # most transactions in one /predict_batch request
+    max_body_bytes: int = 1 << 20
+    max_inflight: int = 256  # per worker; beyond it requests are shed at once
+    retry_after_seconds: int = 1
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        e = os.environ if env is None else env
+        threshold_raw = e.get("FRAUDMODEL_THRESHOLD", "0.5")
+        try:
+            threshold = float(threshold_raw)
+        except ValueError:
+            raise ValueError(f"FRAUDMODEL_THRESHOLD={threshold_raw!r} is not a number") from None
+        if not (math.isfinite(threshold) and 0.0 <= threshold <= 1.0):
+            raise ValueError(f"FRAUDMODEL_THRESHOLD={threshold_raw!r} must be within [0, 1]")
+        track = e.get("FRAUDMODEL_TRACK", "stable") or "stable"
+        if track not in TRACKS:
+            raise ValueError(f"FRAUDMODEL_TRACK={track!r} must be one of {', '.join(TRACKS)}")
+        return cls(
+            model_name=e.get("FRAUDMODEL_NAME") or "fraud_detector",
+            model_tag=e.get("FRAUDMODEL_MODEL_TAG") or "fraud_detector:latest",
+            version=e.get("FRAUDMODEL_VERSION") or None,
+            track=track,
+            threshold=threshold,
+            workers=_int(e, "FRAUDMODEL_WORKERS", cls.workers, 1),
+            max_batch_size=_int(e, "FRAUDMODEL_MAX_BATCH_SIZE", cls.max_batch_size, 1),
+            max_latency_ms=_int(e, "FRAUDMODEL_MAX_LATENCY_MS", cls.max_latency_ms, 1),
+            max_batch_items=_int(e, "FRAUDMODEL_MAX_BATCH_ITEMS", cls.max_batch_items, 1),
+            max_body_bytes=_int(e, "FRAUDMODEL_MAX_BODY_BYTES", cls.max_body_bytes, 1024),
+            max_inflight=_int(e, "FRAUDMODEL_MAX_INFLIGHT", cls.max_inflight, 1),
+            retry_after_seconds=_int(e, "FRAUDMODEL_RETRY_AFTER_SECONDS", cls.retry_after_seconds, 1),
+        )
