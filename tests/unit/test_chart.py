@@ -617,3 +617,30 @@ def test_schema_validation_catches_a_misplaced_field(schema_dir: Path) -> None:
     result = kubeconform(yaml.safe_dump(broken), schema_dir)
     assert result.returncode != 0
     assert "readOnlyRootFileSystem" in result.stdout
+
+
+# ------------------------------------------------------------------ Argo CD Applications
+
+APPLICATIONS = sorted((ROOT / "examples" / "argocd").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", APPLICATIONS, ids=[p.stem for p in APPLICATIONS])
+def test_argocd_example_points_at_existing_files(path: Path) -> None:
+    doc = yaml.safe_load(path.read_text())
+    if doc["kind"] != "Application":
+        return
+    source = doc["spec"]["source"]
+    source_dir = ROOT / source["path"]
+    assert source_dir.is_dir()
+    for values in source.get("helm", {}).get("valueFiles", []):
+        assert (source_dir / values).resolve().is_file(), values
+    include = source.get("directory", {}).get("include")
+    if include:
+        for name in include.replace(".yaml", "").strip("{}").split(","):
+            manifest = yaml.safe_load((source_dir / f"{name}.yaml").read_text())
+            assert manifest["kind"] == "FraudModel"
+
+
+def test_there_is_an_application_per_environment() -> None:
+    names = {p.stem for p in APPLICATIONS}
+    assert {f"fraudmodel-operator-{env}" for env in ("dev", "staging", "prod")} | {"fraudmodels"} <= names
