@@ -644,3 +644,38 @@ def test_argocd_example_points_at_existing_files(path: Path) -> None:
 def test_there_is_an_application_per_environment() -> None:
     names = {p.stem for p in APPLICATIONS}
     assert {f"fraudmodel-operator-{env}" for env in ("dev", "staging", "prod")} | {"fraudmodels"} <= names
+
+
+# ------------------------------------------------------------------ NOTES.txt
+
+
+def render_notes(tmp_path: Path, *values: Path) -> str:
+    """`helm template` skips NOTES.txt: render it through a copy of the chart that wraps it in a document."""
+    chart = tmp_path / "chart"
+    shutil.copytree(CHART, chart)
+    notes = (chart / "templates" / "NOTES.txt").read_text()
+    (chart / "templates" / "_notes_under_test.tpl").write_text(
+        f'{{{{- define "notes-under-test" -}}}}{notes}{{{{- end }}}}'
+    )
+    (chart / "templates" / "notes-under-test.yaml").write_text(
+        'kind: Notes\ntext: |\n  {{- include "notes-under-test" . | nindent 2 }}\n'
+    )
+    args = ["template", "fraudmodel-operator", str(chart), "--namespace", "fraudmodel-system"]
+    args += ["--kube-version", kube_version(), "--show-only", "templates/notes-under-test.yaml"]
+    for path in values:
+        args += ["--values", str(path)]
+    text: str = yaml.safe_load(helm(*args).stdout)["text"]
+    return text
+
+
+@pytest.mark.parametrize("values", [(), (ROOT / "examples" / "values-prod.yaml",)], ids=["defaults", "prod"])
+def test_notes_tell_what_to_run_next(tmp_path: Path, values: tuple[Path, ...]) -> None:
+    notes = render_notes(tmp_path, *values)
+    assert "kubectl -n fraudmodel-system rollout status deployment/fraudmodel-operator" in notes
+    assert "--for=condition=Ready fraudmodel/" in notes
+    assert "<no value>" not in notes
+    if values:
+        assert "kubectl -n fraud-serving apply -f examples/minimal.yaml" in notes
+    else:
+        assert "all namespaces" in notes
+        assert "podMonitor" in notes
