@@ -20,7 +20,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from e2e_cluster import CLUSTER_NAME, ROOT, Cluster, build_images, run, skip_reason
+
+from .e2e_cluster import CLUSTER_NAME, ROOT, Cluster, build_images, run, skip_reason
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -20,7 +20,8 @@ from typing import Any
 
 import pytest
 import yaml
-from e2e_cluster import BENTO_DIR, BENTO_REPOSITORY, CHART, OPERATOR_IMAGE, ROOT, Cluster, tool
+
+from .e2e_cluster import BENTO_DIR, BENTO_REPOSITORY, CHART, OPERATOR_IMAGE, ROOT, Cluster, tool
 
 pytestmark = pytest.mark.e2e
 
