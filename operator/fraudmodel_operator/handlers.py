@@ -31,13 +31,14 @@ from fraudmodel_operator.kube import KubeClient, Manifest
 from fraudmodel_operator.metrics import OperatorMetrics
 from fraudmodel_operator.planner import INSTANCE_LABEL, MANAGED_BY
 from fraudmodel_operator.prometheus import PrometheusProvider
-from fraudmodel_operator.reconciler import Context, reconcile
+from fraudmodel_operator.reconciler import Context, reconcile, status_caught_up
 from fraudmodel_operator.rollout import Event
 from fraudmodel_operator.settings import OperatorConfig
 
 log = logging.getLogger(__name__)
 MANAGED = {"app.kubernetes.io/managed-by": MANAGED_BY}
 FINALIZER = f"{api.GROUP}/finalizer"
+CATCH_UP_SECONDS = 5.0
 
 
 @dataclass
@@ -171,7 +172,9 @@ async def fraudmodel_loop(
             wakeup.clear()
             try:
                 live = live_children(kwargs, namespace, name)
-                await reconcile(runtime.context, body, live, datetime.now(UTC), emit)
+                outcome = await reconcile(runtime.context, body, live, datetime.now(UTC), emit)
+                if outcome.status is not None:
+                    await _caught_up(body, outcome.status, stopped)
             except Exception:  # one FraudModel's failure never stops the others, nor its own loop
                 runtime.context.metrics.errors.inc()
                 runtime.context.metrics.reconciles.labels("error").inc()
@@ -180,6 +183,16 @@ async def fraudmodel_loop(
     finally:
         runtime.wakeups.pop((namespace, name), None)
         runtime.context.metrics.forget(namespace, name)
+
+
+async def _caught_up(body: kopf.Body, written: dict[str, Any], stopped: kopf.DaemonStopped) -> None:
+    """Wait (briefly) for the watch stream to deliver our own status write, so the next reconcile sees it."""
+    deadline = asyncio.get_running_loop().time() + CATCH_UP_SECONDS
+    while not status_caught_up(body, written) and not stopped:
+        if asyncio.get_running_loop().time() > deadline:
+            log.warning("status write not seen on the watch stream within %ss", CATCH_UP_SECONDS)
+            return
+        await asyncio.sleep(0.02)
 
 
 async def _sleep(wakeup: asyncio.Event, stopped: kopf.DaemonStopped, seconds: float) -> None:

@@ -8,6 +8,7 @@ decide *whether* to write; `KubeWriter` does the writing.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Any, Protocol
 
 from lightkube import AsyncClient
@@ -32,6 +33,7 @@ KINDS: dict[tuple[str, str], str] = {
 }
 
 
+@cache
 def _resource(api_version: str, kind: str) -> Any:
     group, _, version = api_version.rpartition("/")
     return create_namespaced_resource(group, version, kind, KINDS[(api_version, kind)])

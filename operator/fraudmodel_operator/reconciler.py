@@ -45,6 +45,12 @@ class Outcome:
     phase: Phase
     writes: int
     outcome: str  # unchanged | changed | invalid | error
+    status: dict[str, Any] | None = None  # the status written, if any
+
+
+def status_caught_up(body: Mapping[str, Any], written: dict[str, Any]) -> bool:
+    """Whether the watched body already shows the status we wrote (else a reconcile would use stale state)."""
+    return merge_patch(_old_status(body), written) is None
 
 
 def deployment_ready(live: Manifest | None, image: str | None) -> tuple[int, int]:
@@ -96,13 +102,15 @@ def _old_status(body: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in dict(body.get("status") or {}).items() if k != "kopf"}
 
 
-async def _patch_status(ctx: Context, body: Mapping[str, Any], status: FraudModelStatus) -> int:
-    patch = merge_patch(_old_status(body), _dump(status))
+async def _patch_status(ctx: Context, body: Mapping[str, Any], status: FraudModelStatus) -> dict[str, Any] | None:
+    """Patch what differs; the full new status if anything was written."""
+    new = _dump(status)
+    patch = merge_patch(_old_status(body), new)
     if not patch:
-        return 0
+        return None
     meta = body["metadata"]
     await ctx.kube.patch_status(meta.get("namespace", "default"), meta["name"], patch)
-    return 1
+    return new
 
 
 async def _invalid(ctx: Context, body: Mapping[str, Any], error: SpecError, now: datetime, emit: Emit) -> Outcome:
@@ -124,8 +132,8 @@ async def _invalid(ctx: Context, body: Mapping[str, Any], error: SpecError, now:
     status = status.model_copy(update={"conditions": conditions})
     if previous.message != message:
         emit(Event("Warning", "InvalidSpec", message))
-    writes = await _patch_status(ctx, body, status)
-    return Outcome(Phase.FAILED, writes, "invalid")
+    written = await _patch_status(ctx, body, status)
+    return Outcome(Phase.FAILED, int(written is not None), "invalid", written)
 
 
 async def apply_children(ctx: Context, fm: FraudModel, live: LiveChildren) -> int:
@@ -135,6 +143,7 @@ async def apply_children(ctx: Context, fm: FraudModel, live: LiveChildren) -> in
     wanted = {(m["kind"], m["metadata"]["name"]) for m in desired}
     for manifest in desired:
         if not up_to_date(manifest, live.get((manifest["kind"], manifest["metadata"]["name"]))):
+            log.debug("applying %s %s", manifest["kind"], manifest["metadata"]["name"])
             await ctx.kube.apply(manifest)
             writes += 1
     for (kind, name), obj in live.items():
@@ -182,7 +191,8 @@ async def reconcile(ctx: Context, body: Mapping[str, Any], live: LiveChildren, n
         fm.status.conditions, desired_conditions(status, failure), fm.metadata.generation, now
     )
     status = status.model_copy(update={"conditions": conditions})
-    writes += await _patch_status(ctx, body, status)
+    written = await _patch_status(ctx, body, status)
+    writes += int(written is not None)
     for event in transition.events:
         emit(event)
         if event.reason == "RolledBack" and status.history:
@@ -195,4 +205,4 @@ async def reconcile(ctx: Context, body: Mapping[str, Any], live: LiveChildren, n
     result = "changed" if writes else "unchanged"
     m.reconciles.labels(result).inc()
     m.duration.labels(result).observe(time.monotonic() - started)
-    return Outcome(status.phase, writes, result)
+    return Outcome(status.phase, writes, result, written)
