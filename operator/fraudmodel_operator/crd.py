@@ -1,7 +1,7 @@
 """Generate the FraudModel CRD from the pydantic models.
 
-`python -m fraudmodel_operator.crd > crds/fraudmodel.yaml` writes the file that is
-committed; a unit test fails when the two differ. The output is a *structural*
+`python -m fraudmodel_operator.crd --write` refreshes the committed copies (the CRD
+directory and the chart's); a unit test fails when either differs. The output is a *structural*
 schema: every `$ref` is inlined, nullable unions collapse to the non-null type
 (absent means null), titles are dropped, and every node has a type (or
 `x-kubernetes-int-or-string` / `x-kubernetes-preserve-unknown-fields`) and a
@@ -11,6 +11,7 @@ description.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -248,7 +249,17 @@ def render() -> str:
     return header + yaml.safe_dump(crd(), sort_keys=False, width=120)
 
 
-def main() -> None:
+# The chart ships a byte-identical copy (Helm installs CRDs from the chart's crds/).
+TARGETS = ("crds/fraudmodel.yaml", "charts/fraudmodel-operator/crds/fraudmodel.yaml")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Print the CRD, or with `--write` refresh both committed copies (run from the repository root)."""
+    args = sys.argv[1:] if argv is None else argv
+    if args == ["--write"]:
+        for target in TARGETS:
+            Path(target).write_text(render())
+        return
     sys.stdout.write(render())
 
 

@@ -230,6 +230,15 @@ def next_status(fm: FraudModel, observed: Observed, analysis: AnalysisStatus | N
     canary = status.canary
     events: list[Event] = []
 
+    # Promotion hand-over: stable already runs the promoted version; the canary keeps serving
+    # until the stable pods are ready (or the spec has moved on), then it goes.
+    if canary is not None and canary.promoting:
+        if not stable_ready and wanted == status.stable.revision:
+            return Transition(base.model_copy(update={"message": "promoting: waiting for stable pods"}))
+        events.append(Event("Normal", "Promoted", f"{status.stable.version} is now stable"))
+        base = base.model_copy(update={"canary": None, "stable": status.stable.model_copy(update={"weight": 100})})
+        canary = None
+
     # The spec asks for what stable already serves: no canary (a revert aborts one).
     if wanted == status.stable.revision:
         if canary is not None and canary.rolled_back_at is None:
@@ -237,7 +246,7 @@ def next_status(fm: FraudModel, observed: Observed, analysis: AnalysisStatus | N
             base = base.model_copy(
                 update={
                     "history": _history(
-                        status,
+                        base,
                         HistoryEntry(version=canary.version or "", outcome="Aborted", reason="SpecReverted", time=now),
                     )
                 }
@@ -315,20 +324,6 @@ def next_status(fm: FraudModel, observed: Observed, analysis: AnalysisStatus | N
             }
         )
         return Transition(next_, tuple(events))
-
-    # Promotion hand-over: stable now runs the new version; drop the canary once it is ready.
-    if canary.promoting:
-        if stable_ready:
-            next_ = base.model_copy(
-                update={
-                    "canary": None,
-                    "stable": status.stable.model_copy(update={"weight": 100}),
-                    "phase": Phase.READY,
-                    "message": f"serving {status.stable.version}",
-                }
-            )
-            return Transition(next_, (Event("Normal", "Promoted", f"{status.stable.version} is now stable"),))
-        return Transition(base.model_copy(update={"message": "promoting: waiting for stable pods"}))
 
     decision = decide(fm, observed, analysis, now)
     return _apply(fm, base, decision, analysis, now)

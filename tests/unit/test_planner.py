@@ -1,0 +1,159 @@
+"""The planner: children per track, replicas and HPA floors from the weight, hardening, PDB rules."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from fraudmodel_operator.api import FraudModelStatus
+from fraudmodel_operator.planner import plan_children, replicas_for_weight
+from tests.unit.factories import canary, fraudmodel, track
+
+
+def by_name(children: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
+    return {(c["kind"], c["metadata"]["name"]): c for c in children}
+
+
+STABLE_ONLY = FraudModelStatus(stable=track("v1"))
+
+
+@pytest.mark.parametrize(
+    ("total", "weight", "expected"),
+    [(10, 0, 0), (10, 5, 1), (10, 10, 1), (10, 25, 3), (3, 50, 2), (2, 100, 2), (0, 50, 0)],
+    ids=["no-weight", "rounds-up-to-one", "ten-percent", "quarter", "half-of-three", "all", "no-pods"],
+)
+def test_canary_replicas_follow_weight(total: int, weight: int, expected: int) -> None:
+    assert replicas_for_weight(total, weight) == expected
+
+
+def test_stable_only_children_and_labels() -> None:
+    children = by_name(plan_children(fraudmodel(status=STABLE_ONLY, serving={"replicas": 3})))
+    assert set(children) == {
+        ("Service", "bot"),
+        ("Deployment", "bot-stable"),
+        ("Service", "bot-stable"),
+        ("PodDisruptionBudget", "bot-stable"),
+    }
+    deployment = children[("Deployment", "bot-stable")]
+    labels = deployment["metadata"]["labels"]
+    assert labels["app.kubernetes.io/name"] == "bot-detector"
+    assert labels["app.kubernetes.io/instance"] == "bot"
+    assert labels["app.kubernetes.io/version"] == "v1"
+    assert labels["app.kubernetes.io/component"] == "predictor"
+    assert labels["app.kubernetes.io/managed-by"] == "fraudmodel-operator"
+    assert labels["app.kubernetes.io/part-of"] == "fraud-detection"
+    assert labels["serving.riskml.io/track"] == "stable"
+    assert "app.kubernetes.io/version" not in deployment["spec"]["selector"]["matchLabels"], "selectors are immutable"
+    assert deployment["spec"]["replicas"] == 3
+    shared = children[("Service", "bot")]
+    assert "serving.riskml.io/track" not in shared["spec"]["selector"], "the shared Service selects both tracks"
+
+
+def test_pods_are_hardened_probed_and_scraped() -> None:
+    deployment = by_name(plan_children(fraudmodel(status=STABLE_ONLY)))[("Deployment", "bot-stable")]
+    pod = deployment["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert pod["securityContext"] == {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
+    assert pod["automountServiceAccountToken"] is False
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]
+    assert container["livenessProbe"]["httpGet"]["path"] == "/livez"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert annotations["prometheus.io/port"] == "3000"
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert (env["FRAUDMODEL_TRACK"], env["FRAUDMODEL_VERSION"], env["FRAUDMODEL_THRESHOLD"]) == ("stable", "v1", "0.5")
+
+
+def test_service_account_token_only_when_asked() -> None:
+    fm = fraudmodel(status=STABLE_ONLY, serving={"automountServiceAccountToken": True, "serviceAccountName": "m"})
+    pod = by_name(plan_children(fm))[("Deployment", "bot-stable")]["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is True
+    assert pod["serviceAccountName"] == "m"
+
+
+@pytest.mark.parametrize(
+    ("replicas", "pdb"),
+    [(1, False), (2, True), (5, True)],
+    ids=["single-replica-no-pdb", "two-replicas-pdb", "five-replicas-pdb"],
+)
+def test_pdb_only_with_more_than_one_stable_replica(replicas: int, pdb: bool) -> None:
+    children = by_name(plan_children(fraudmodel(status=STABLE_ONLY, serving={"replicas": replicas})))
+    assert (("PodDisruptionBudget", "bot-stable") in children) is pdb
+
+
+@pytest.mark.parametrize(
+    ("router", "weight", "stable_pods", "canary_pods"),
+    [
+        ({"replicaRatio": {}}, 0, 10, 1),
+        ({"replicaRatio": {}}, 10, 9, 1),
+        ({"replicaRatio": {}}, 30, 7, 3),
+        ({"replicaRatio": {}}, 50, 5, 5),
+        ({"istio": {"virtualService": "vs"}}, 30, 10, 3),
+        ({"gatewayAPI": {"httpRoute": "r"}}, 50, 10, 5),
+    ],
+    ids=["warming", "ratio-10", "ratio-30", "ratio-50", "istio-keeps-stable", "gateway-keeps-stable"],
+)
+def test_fixed_replicas_per_track(router: dict[str, Any], weight: int, stable_pods: int, canary_pods: int) -> None:
+    status = FraudModelStatus(stable=track("v1", 100 - weight), canary=canary("v2", weight))
+    fm = fraudmodel("v2", status=status, serving={"replicas": 10}, rollout={"trafficRouting": router})
+    children = by_name(plan_children(fm))
+    assert children[("Deployment", "bot-stable")]["spec"]["replicas"] == stable_pods
+    assert children[("Deployment", "bot-canary")]["spec"]["replicas"] == canary_pods
+    canary_image = children[("Deployment", "bot-canary")]["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert canary_image == "bot:v2"
+    assert children[("Service", "bot-canary")]["spec"]["selector"]["serving.riskml.io/track"] == "canary"
+
+
+@pytest.mark.parametrize(
+    ("weight", "canary_floor"),
+    [(0, 1), (10, 1), (25, 1), (50, 2), (100, 4)],
+    ids=["warming", "w10", "w25", "w50", "w100"],
+)
+def test_per_track_hpa_floor_follows_weight(weight: int, canary_floor: int) -> None:
+    status = FraudModelStatus(stable=track("v1", 100 - weight), canary=canary("v2", weight))
+    fm = fraudmodel(
+        "v2",
+        status=status,
+        serving={"autoscaling": {"minReplicas": 4, "maxReplicas": 12}},
+        rollout={"trafficRouting": {"istio": {"virtualService": "vs"}}},
+    )
+    children = by_name(plan_children(fm))
+    stable_hpa = children[("HorizontalPodAutoscaler", "bot-stable")]["spec"]
+    canary_hpa = children[("HorizontalPodAutoscaler", "bot-canary")]["spec"]
+    assert (stable_hpa["minReplicas"], stable_hpa["maxReplicas"]) == (4, 12)
+    assert (canary_hpa["minReplicas"], canary_hpa["maxReplicas"]) == (canary_floor, 12)
+    assert canary_hpa["scaleTargetRef"]["name"] == "bot-canary"
+    for deployment in ("bot-stable", "bot-canary"):
+        assert "replicas" not in children[("Deployment", deployment)]["spec"], "the HPA owns replicas"
+
+
+def test_rolled_back_canary_is_scaled_to_zero_without_hpa() -> None:
+    status = FraudModelStatus(
+        stable=track("v1"), canary=canary("v2", 0, rolled_back_at=None, scaled_down=True), rolled_back_revision="x"
+    )
+    fm = fraudmodel("v2", status=status, serving={"autoscaling": {"minReplicas": 2, "maxReplicas": 5}})
+    children = by_name(plan_children(fm))
+    assert children[("Deployment", "bot-canary")]["spec"]["replicas"] == 0
+    assert ("HorizontalPodAutoscaler", "bot-canary") not in children
+
+
+def test_requests_per_second_target_adds_a_pods_metric() -> None:
+    fm = fraudmodel(
+        status=STABLE_ONLY, serving={"autoscaling": {"minReplicas": 2, "maxReplicas": 5, "targetRequestsPerSecond": 40}}
+    )
+    metrics = by_name(plan_children(fm))[("HorizontalPodAutoscaler", "bot-stable")]["spec"]["metrics"]
+    assert [m["type"] for m in metrics] == ["Resource", "Pods"]
+    assert metrics[1]["pods"]["target"] == {"type": "AverageValue", "averageValue": "40.0"}
+
+
+def test_stable_track_serves_the_status_model_not_the_spec() -> None:
+    """During a rollout the spec names the new version; the stable Deployment must keep the old one."""
+    status = FraudModelStatus(stable=track("v1", 90), canary=canary("v2", 10))
+    children = by_name(plan_children(fraudmodel("v2", status=status)))
+    image = children[("Deployment", "bot-stable")]["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert image == "bot:v1"
