@@ -124,10 +124,10 @@ def validate_body(path: str, body: bytes, settings: Settings) -> int:
     items = payload["transactions"]
     if not isinstance(items, list):
         raise _reject(422, "wrong_type", "transactions", "must be a list of transactions")
-    if len(items) > settings.max_batch_items:
+    if len(items) > settings.max_batch_size:
         raise _reject(
             422, "batch_too_large", "transactions",
-            f"{len(items)} transactions, at most {settings.max_batch_items} per request",
+            f"{len(items)} transactions, at most {settings.max_batch_size} per request",
         )
     for i, item in enumerate(items):
         _check(item, f"transactions[{i}]")

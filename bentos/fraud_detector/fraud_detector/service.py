@@ -24,15 +24,31 @@ from .settings import Settings
 __all__ = ["SETTINGS", "FraudDetector"]
 
 SETTINGS = Settings.from_env()
+DEFAULT_MODEL_TAG = "fraud_detector:latest"
+
+
+def model_tag() -> str:
+    """FRAUDMODEL_MODEL_TAG if set; else the model pinned in the bento being
+    served (BentoML itself would resolve "latest" in the global store); else
+    fraud_detector:latest."""
+    if SETTINGS.model_tag:
+        return SETTINGS.model_tag
+    bento = FraudDetector.bento
+    if bento is not None:
+        pinned = [str(m.tag) for svc in bento.info.services for m in svc.models]
+        if pinned:
+            return pinned[0]
+    return DEFAULT_MODEL_TAG
 
 
 @functools.cache
 def _stored_model() -> bentoml.Model:
+    tag = model_tag()
     try:
-        return bentoml.models.get(SETTINGS.model_tag)
+        return bentoml.models.get(tag)
     except bentoml.exceptions.NotFound:
         raise RuntimeError(
-            f"model {SETTINGS.model_tag} is not in the model store "
+            f"model {tag} is not in the model store "
             "(train it with `python -m fraud_detector.train --version ...`, "
             "or check BENTOML_HOME / FRAUDMODEL_MODEL_TAG)"
         ) from None
@@ -57,7 +73,7 @@ def _metrics() -> ServiceMetrics:
 class FraudDetector:
     """Scores card transactions for fraud with a PyTorch model."""
 
-    stored = bentoml.models.BentoModel(SETTINGS.model_tag)
+    stored = bentoml.models.BentoModel(SETTINGS.model_tag or DEFAULT_MODEL_TAG)
 
     def __init__(self) -> None:
         # One intra-op thread per worker: requests are tiny, and more threads

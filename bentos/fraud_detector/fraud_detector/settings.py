@@ -34,14 +34,19 @@ class Settings:
     """
 
     model_name: str = "fraud_detector"
-    model_tag: str = "fraud_detector:latest"
+    # None: the model the bento was built with when served from a bento,
+    # else fraud_detector:latest in the model store.
+    model_tag: str | None = None
     version: str | None = None  # None: the version of the loaded model's tag
     track: str = "stable"
     threshold: float = 0.5
     workers: int = 1
-    max_batch_size: int = 64  # adaptive batching: most transactions per model call
+    # Most transactions in one /predict_batch request, and in one model call of
+    # the adaptive batcher. One number on purpose: BentoML splits a request
+    # larger than its max_batch_size into chunks that each must start within
+    # the latency budget, so a big request could be shed half-way.
+    max_batch_size: int = 1_000
     max_latency_ms: int = 20  # adaptive batching: latency budget before shedding
-    max_batch_items: int = 1_000  # most transactions in one /predict_batch request
     max_body_bytes: int = 1 << 20
     max_inflight: int = 256  # per worker; beyond it requests are shed at once
     retry_after_seconds: int = 1
@@ -61,14 +66,13 @@ class Settings:
             raise ValueError(f"FRAUDMODEL_TRACK={track!r} must be one of {', '.join(TRACKS)}")
         return cls(
             model_name=e.get("FRAUDMODEL_NAME") or "fraud_detector",
-            model_tag=e.get("FRAUDMODEL_MODEL_TAG") or "fraud_detector:latest",
+            model_tag=e.get("FRAUDMODEL_MODEL_TAG") or None,
             version=e.get("FRAUDMODEL_VERSION") or None,
             track=track,
             threshold=threshold,
             workers=_int(e, "FRAUDMODEL_WORKERS", cls.workers, 1),
             max_batch_size=_int(e, "FRAUDMODEL_MAX_BATCH_SIZE", cls.max_batch_size, 1),
             max_latency_ms=_int(e, "FRAUDMODEL_MAX_LATENCY_MS", cls.max_latency_ms, 1),
-            max_batch_items=_int(e, "FRAUDMODEL_MAX_BATCH_ITEMS", cls.max_batch_items, 1),
             max_body_bytes=_int(e, "FRAUDMODEL_MAX_BODY_BYTES", cls.max_body_bytes, 1024),
             max_inflight=_int(e, "FRAUDMODEL_MAX_INFLIGHT", cls.max_inflight, 1),
             retry_after_seconds=_int(e, "FRAUDMODEL_RETRY_AFTER_SECONDS", cls.retry_after_seconds, 1),

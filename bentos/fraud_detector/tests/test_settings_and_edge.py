@@ -16,7 +16,7 @@ VALID = payloads(1, seed=5)[0]
 def test_defaults_from_empty_environment() -> None:
     s = Settings.from_env({})
     assert (s.model_name, s.model_tag, s.version, s.track, s.threshold) == (
-        "fraud_detector", "fraud_detector:latest", None, "stable", 0.5,
+        "fraud_detector", None, None, "stable", 0.5,
     )
 
 

@@ -1,0 +1,180 @@
+"""The service through HTTP, against real `bentoml serve` processes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from typing import Any
+
+import httpx
+import pytest
+
+from fraud_detector.data import payloads
+from fraud_detector.evaluation import SCORE_BUCKETS
+
+from .conftest import BAD, GOOD, Server, StartServer
+
+pytestmark = pytest.mark.server
+
+BODIES = payloads(50, seed=77)
+FRAUDY = {
+    **BODIES[0],
+    "transaction_id": "fraudy",
+    "amount": 2500.0, "amount_sum_24h": 2600.0, "geo_mismatch": True, "distance_from_home_km": 4000.0,
+    "is_new_device": True, "account_age_days": 3, "chargebacks_180d": 3, "card_present": False,
+}
+
+
+def metric(server: Server, name: str, **labels: str) -> float:
+    """The value of one sample on /metrics (0 if absent)."""
+    text = httpx.get(server.url + "/metrics").text
+    total = 0.0
+    for line in text.splitlines():
+        m = re.match(rf"^{re.escape(name)}\{{(.*)\}} (\S+)$", line)
+        if not m:
+            continue
+        got = dict(re.findall(r'(\w+)="([^"]*)"', m.group(1)))
+        if all(got.get(k) == v for k, v in labels.items()):
+            total += float(m.group(2))
+    return total
+
+
+def post(server: Server, path: str, body: Any, **kw: Any) -> httpx.Response:
+    content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    headers = kw.pop("headers", {"content-type": "application/json"})
+    return httpx.post(server.url + path, content=content, headers=headers, timeout=10, **kw)
+
+
+def test_probes(server: Server) -> None:
+    assert httpx.get(server.url + "/livez").status_code == 200
+    assert httpx.get(server.url + "/readyz").status_code == 200
+
+
+def test_single_prediction(server: Server) -> None:
+    r = post(server, "/predict", BODIES[1])
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert set(out) == {"transaction_id", "score", "decision", "threshold", "model", "version"}
+    assert out["transaction_id"] == BODIES[1]["transaction_id"]
+    assert 0.0 <= out["score"] <= 1.0
+    assert out["decision"] == ("flag" if out["score"] >= 0.5 else "allow")
+    assert (out["threshold"], out["model"], out["version"]) == (0.5, "fraud_detector", GOOD)
+
+
+def test_fraudulent_looking_transaction_is_flagged(server: Server) -> None:
+    out = post(server, "/predict", FRAUDY).json()
+    assert out["decision"] == "flag", out
+
+
+def test_batch_keeps_order_and_matches_singles(server: Server) -> None:
+    batch = BODIES[:10]
+    r = post(server, "/predict_batch", {"transactions": batch})
+    assert r.status_code == 200, r.text
+    results = r.json()
+    assert [x["transaction_id"] for x in results] == [b["transaction_id"] for b in batch]
+    single = post(server, "/predict", batch[3]).json()
+    assert results[3]["score"] == pytest.approx(single["score"], abs=1e-6)
+
+
+def test_empty_batch(server: Server) -> None:
+    r = post(server, "/predict_batch", {"transactions": []})
+    assert (r.status_code, r.json()) == (200, [])
+
+
+INVALID = [
+    ("missing field", "/predict", {k: v for k, v in BODIES[0].items() if k != "amount"}, 422, "missing_field", "amount"),
+    ("wrong type", "/predict", {**BODIES[0], "txn_count_1h": "3"}, 422, "wrong_type", "txn_count_1h"),
+    ("NaN", "/predict", json.dumps({**BODIES[0], "amount": float("nan")}).encode(), 422, "not_finite", "amount"),
+    ("out of range", "/predict", {**BODIES[0], "hour_of_day": 99}, 422, "out_of_range", "hour_of_day"),
+    ("unknown field", "/predict", {**BODIES[0], "colour": "red"}, 422, "unknown_field", "colour"),
+    ("malformed json", "/predict", b'{"amount": ', 400, "malformed_json", "$"),
+    ("bad item in batch", "/predict_batch", {"transactions": [BODIES[0], {**BODIES[1], "amount": -2.0}]},
+     422, "out_of_range", "transactions[1].amount"),
+    ("batch too large", "/predict_batch", {"transactions": BODIES[:1] * 1001}, 422, "batch_too_large", "transactions"),
+]
+
+
+@pytest.mark.parametrize(("name", "path", "body", "status", "reason", "field"), INVALID, ids=[c[0] for c in INVALID])
+def test_invalid_input_is_a_4xx_naming_the_field_and_counted(
+    server: Server, name: str, path: str, body: Any, status: int, reason: str, field: str
+) -> None:
+    labels = {"model_version": GOOD, "track": "canary", "reason": reason}
+    before = metric(server, "fraud_model_rejected_inputs_total", **labels)
+    r = post(server, path, body)
+    assert r.status_code == status, r.text
+    out = r.json()
+    assert (out["reason"], out["field"]) == (reason, field)
+    assert field in out["message"]
+    assert metric(server, "fraud_model_rejected_inputs_total", **labels) == before + 1
+
+
+def test_non_json_media_type_is_refused(server: Server) -> None:
+    r = post(server, "/predict", b"amount=3", headers={"content-type": "application/x-www-form-urlencoded"})
+    assert r.status_code == 415
+    assert r.json()["reason"] == "unsupported_media_type"
+
+
+def test_metrics_present_and_moving(server: Server) -> None:
+    labels = {"model_version": GOOD, "track": "canary"}
+    text = httpx.get(server.url + "/metrics").text
+    for name in (
+        "fraud_model_score_bucket", "fraud_model_decisions_total", "fraud_model_rejected_inputs_total",
+        "fraud_model_predictions_total", "fraud_model_shed_requests_total", "bentoml_service_request_total",
+        "bentoml_service_request_duration_seconds_bucket",
+    ):
+        assert name in text, name
+    les = re.findall(r'fraud_model_score_bucket\{le="([^"]+)",model_version="v1",track="canary"\}', text)
+    assert les == [str(b) for b in SCORE_BUCKETS] + ["+Inf"], les
+
+    before = {
+        "n": metric(server, "fraud_model_predictions_total", **labels),
+        "count": metric(server, "fraud_model_score_count", **labels),
+        "flag": metric(server, "fraud_model_decisions_total", decision="flag", **labels),
+        "allow": metric(server, "fraud_model_decisions_total", decision="allow", **labels),
+        "req": metric(server, "bentoml_service_request_total", endpoint="/predict", http_response_code="200"),
+    }
+    assert post(server, "/predict_batch", {"transactions": BODIES[:20]}).status_code == 200
+    assert post(server, "/predict", FRAUDY).status_code == 200
+    assert metric(server, "fraud_model_predictions_total", **labels) == before["n"] + 21
+    assert metric(server, "fraud_model_score_count", **labels) == before["count"] + 21
+    flags = metric(server, "fraud_model_decisions_total", decision="flag", **labels) - before["flag"]
+    allows = metric(server, "fraud_model_decisions_total", decision="allow", **labels) - before["allow"]
+    assert flags >= 1 and flags + allows == 21
+    assert metric(server, "bentoml_service_request_total", endpoint="/predict", http_response_code="200") == before["req"] + 1
+
+
+def test_regressed_model_as_stable_track_flags_more(start_server: StartServer, server: Server) -> None:
+    bad = start_server(FRAUDMODEL_MODEL_TAG=f"fraud_detector:{BAD}")  # version and track from the model and default
+    body = {"transactions": payloads(400, seed=2024)}
+    good_out = post(server, "/predict_batch", body).json()
+    bad_out = post(bad, "/predict_batch", body).json()
+    assert {r["version"] for r in bad_out} == {BAD}
+    good_flags = sum(r["decision"] == "flag" for r in good_out)
+    bad_flags = sum(r["decision"] == "flag" for r in bad_out)
+    assert bad_flags > 3 * max(1, good_flags)
+    assert metric(bad, "fraud_model_predictions_total", model_version=BAD, track="stable") == 400
+
+
+def test_overload_is_shed_with_503_and_retry_after(start_server: StartServer) -> None:
+    tight = start_server(
+        FRAUDMODEL_MODEL_TAG=f"fraud_detector:{GOOD}", FRAUDMODEL_VERSION="v1-tight", FRAUDMODEL_MAX_INFLIGHT="1",
+        FRAUDMODEL_RETRY_AFTER_SECONDS="2",
+    )
+
+    async def burst() -> list[httpx.Response]:
+        limits = httpx.Limits(max_connections=64)
+        async with httpx.AsyncClient(base_url=tight.url, timeout=10, limits=limits) as client:
+            return await asyncio.gather(*(client.post("/predict", json=BODIES[i % 50]) for i in range(64)))
+
+    responses = asyncio.run(burst())
+    codes = [r.status_code for r in responses]
+    shed = [r for r in responses if r.status_code == 503]
+    assert set(codes) <= {200, 503}, codes
+    assert codes.count(200) >= 1 and shed, codes
+    for r in shed:
+        assert r.headers["retry-after"] == "2"
+        assert r.json()["reason"] == "shed"
+    labels = {"model_version": "v1-tight", "track": "stable"}
+    assert metric(tight, "fraud_model_shed_requests_total", **labels) == len(shed)
+    assert metric(tight, "bentoml_service_request_total", endpoint="/predict", http_response_code="503") == len(shed)
