@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.component.conftest import DEPLOYMENTS, FM, HPAS, PDBS, SERVICES, Harness, eventually
+from tests.kopf_harness import DEPLOYMENTS, FM, HPAS, PDBS, SERVICES, Harness, eventually
 
 pytestmark = pytest.mark.component
 

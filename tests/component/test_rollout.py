@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from fraudmodel_operator.analysis import Vector
-from tests.component.conftest import DEPLOYMENTS, FM, SERVICES, Harness, eventually
+from tests.kopf_harness import DEPLOYMENTS, FM, SERVICES, Harness, eventually
 
 pytestmark = pytest.mark.component
 
