@@ -1,0 +1,169 @@
+"""Rollouts judged on real metrics: the Kopf operator, real Prometheus, real BentoML servers, real traffic.
+
+Kubernetes is emulated (kmock) and the test plays the Deployment controller (pods become ready
+at once); everything the analysis reads is real: each track is a BentoML server of the bento,
+traffic is split at the weight the operator writes into status, Prometheus scrapes both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+
+from fraudmodel_operator.api import FraudModel, parse_duration
+from fraudmodel_operator.prometheus import PrometheusProvider
+from tests.integration.conftest import GOOD, GOOD_NEXT, MISCALIBRATED, Bento, Prometheus, Servers
+from tests.kopf_harness import DEPLOYMENTS, FM, Harness, eventually, operator_harness
+
+pytestmark = pytest.mark.integration
+
+RPS = 60
+
+
+def fraudmodel(version: str, prometheus: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "serving.riskml.io/v1alpha1",
+        "kind": "FraudModel",
+        "metadata": {"name": "bot"},
+        "spec": {
+            "model": {"name": "fraud-detector", "version": version, "image": f"fraud-detector:{version}"},
+            "serving": {"replicas": 2},
+            "rollout": {
+                "steps": [20, 50],
+                "interval": "5s",
+                "progressDeadline": "2m",
+                "analysis": {
+                    "prometheus": {"address": prometheus},
+                    "window": "15s",
+                    "minSamples": 40,
+                    "failureLimit": 2,
+                    "inconclusiveLimit": 100,
+                },
+            },
+        },
+    }
+
+
+async def play_deployment_controller(harness: Harness) -> None:
+    """Every Deployment's pods become ready at once (the pods are the BentoML servers outside)."""
+    while True:
+        for name in ("bot-stable", "bot-canary"):
+            live = harness.get(DEPLOYMENTS, name)
+            if live is None:
+                continue
+            want = int(live["spec"].get("replicas", 1))
+            if (live.get("status") or {}).get("readyReplicas") != want:
+                await harness.ready(name, want)
+        await asyncio.sleep(0.2)
+
+
+async def send_traffic(harness: Harness, urls: dict[str, str], bodies: list[dict[str, Any]]) -> None:
+    """Open-loop traffic at RPS, each request to the canary with probability = its current weight."""
+    rng = random.Random(42)
+    async with httpx.AsyncClient(timeout=5) as client:
+        i = 0
+        while True:
+            canary = harness.status("bot").get("canary") or {}
+            weight = canary.get("weight", 0) if canary.get("version") else 0
+            track = "canary" if rng.random() * 100 < weight else "stable"
+            body = bodies[i % len(bodies)]
+            i += 1
+            asyncio.get_running_loop().create_task(_post(client, f"{urls[track]}/predict", body))
+            await asyncio.sleep(1 / RPS)
+
+
+async def _post(client: httpx.AsyncClient, url: str, body: dict[str, Any]) -> None:
+    with contextlib.suppress(httpx.HTTPError):
+        await client.post(url, json=body)
+
+
+@contextlib.asynccontextmanager
+async def rollout_world(
+    bento: Bento, servers: Servers, prometheus: Prometheus, canary_version: str
+) -> AsyncIterator[Harness]:
+    stable = servers.start(GOOD, "stable")
+    canary = servers.start(canary_version, "canary")
+    prometheus.scrape({"stable": stable.port, "canary": canary.port})
+    prometheus.start()
+    bodies = bento.payloads(3000, seed=99)
+    http = httpx.AsyncClient()
+
+    def provider_for(fm: FraudModel) -> PrometheusProvider:
+        prom = fm.spec.rollout.analysis.prometheus
+        return PrometheusProvider(http, prom.address, parse_duration(prom.timeout))
+
+    async with operator_harness(provider_for) as harness:
+        tasks = [
+            asyncio.create_task(play_deployment_controller(harness)),
+            asyncio.create_task(send_traffic(harness, {"stable": stable.url, "canary": canary.url}, bodies)),
+        ]
+        try:
+            await harness.create(fraudmodel(GOOD, prometheus.url))
+            await eventually(lambda: harness.status("bot").get("phase") == "Ready", within=30)
+            spec = fraudmodel(canary_version, prometheus.url)["spec"]
+            await harness.patch(FM, "bot", {"spec": spec, "metadata": {"generation": 2}})
+            yield harness
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await http.aclose()
+
+
+def outcome(harness: Harness) -> str | None:
+    status = harness.status("bot")
+    if status.get("phase") == "RolledBack":
+        return "RolledBack"
+    if status.get("stable", {}).get("version") != GOOD:
+        return "Promoted"
+    return None
+
+
+async def test_healthy_canary_is_promoted(bento: Bento, servers: Servers, prometheus: Prometheus) -> None:
+    async with rollout_world(bento, servers, prometheus, GOOD_NEXT) as harness:
+        result = await eventually(lambda: outcome(harness), within=150)
+        status = harness.status("bot")
+        assert result == "Promoted", status.get("lastAnalysis")
+        checks = {c["name"]: c for c in status["lastAnalysis"]["checks"]}
+        assert {c["verdict"] for c in checks.values()} == {"Pass"}
+        assert checks["scoreDrift"]["samples"] >= 40
+
+
+async def test_miscalibrated_canary_is_rolled_back(bento: Bento, servers: Servers, prometheus: Prometheus) -> None:
+    async with rollout_world(bento, servers, prometheus, MISCALIBRATED) as harness:
+        result = await eventually(lambda: outcome(harness), within=150)
+        status = harness.status("bot")
+        assert result == "RolledBack", status.get("lastAnalysis")
+        degraded = next(c for c in status["conditions"] if c["type"] == "Degraded")
+        assert degraded["reason"] in ("ScoreDriftFailed", "FlagRateFailed"), degraded
+        failed = [c for c in status["lastAnalysis"]["checks"] if c["verdict"] == "Fail"]
+        assert failed, status["lastAnalysis"]
+        assert all(c["value"] is not None and c["threshold"] for c in failed)
+        assert status["stable"]["version"] == GOOD
+        assert status["canary"]["weight"] == 0
+
+
+async def test_no_promotion_while_prometheus_is_down(bento: Bento, servers: Servers, prometheus: Prometheus) -> None:
+    async with rollout_world(bento, servers, prometheus, GOOD_NEXT) as harness:
+        await eventually(lambda: (harness.status("bot").get("canary") or {}).get("weight") == 20, within=60)
+        prometheus.stop()
+        down = await eventually(
+            lambda: (
+                (harness.status("bot").get("lastAnalysis") or {}).get("verdict") == "Inconclusive"
+                and harness.status("bot")
+            ),
+            within=30,
+        )
+        assert "metrics unavailable" in down["lastAnalysis"]["checks"][0]["message"]
+        for _ in range(3):  # three more analysis intervals with Prometheus down: never promoted
+            await asyncio.sleep(5)
+            assert outcome(harness) is None
+            assert harness.status("bot")["canary"]["weight"] == 20
+        prometheus.start()
+        assert await eventually(lambda: outcome(harness), within=120) == "Promoted"
