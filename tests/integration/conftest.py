@@ -78,7 +78,10 @@ class Bento:
         return {**os.environ, "BENTOML_HOME": str(self.home), "BENTOML_DO_NOT_TRACK": "true", **extra}
 
     def payloads(self, count: int, seed: int) -> list[dict[str, Any]]:
-        code = f"import json,sys; from fraud_detector.data import payloads; json.dump(payloads({count}, {seed}), sys.stdout)"
+        code = (
+            "import json, sys; from fraud_detector.data import payloads; "
+            f"json.dump(payloads({count}, {seed}), sys.stdout)"
+        )
         out = subprocess.run([self.python, "-c", code], cwd=BENTO, env=self.env(), capture_output=True, check=True)
         result: list[dict[str, Any]] = json.loads(out.stdout)
         return result
