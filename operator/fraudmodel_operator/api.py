@@ -126,10 +126,12 @@ class ResourceRequirements(_Model):
     requests: dict[str, Quantity] = Field(
         default_factory=lambda: dict[str, int | str](cpu="500m", memory="1Gi"),
         description="Minimum resources, e.g. `{cpu: 500m, memory: 1Gi}`.",
+        json_schema_extra={"default": {"cpu": "500m", "memory": "1Gi"}},
     )
     limits: dict[str, Quantity] = Field(
         default_factory=lambda: dict[str, int | str](memory="2Gi"),
         description="Maximum resources, e.g. `{memory: 2Gi}`.",
+        json_schema_extra={"default": {"memory": "2Gi"}},
     )
 
 

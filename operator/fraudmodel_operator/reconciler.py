@@ -110,6 +110,7 @@ async def _patch_status(ctx: Context, body: Mapping[str, Any], status: FraudMode
         return None
     meta = body["metadata"]
     await ctx.kube.patch_status(meta.get("namespace", "default"), meta["name"], patch)
+    ctx.metrics.writes.labels("patch_status").inc()
     return new
 
 
@@ -145,10 +146,12 @@ async def apply_children(ctx: Context, fm: FraudModel, live: LiveChildren) -> in
         if not up_to_date(manifest, live.get((manifest["kind"], manifest["metadata"]["name"]))):
             log.debug("applying %s %s", manifest["kind"], manifest["metadata"]["name"])
             await ctx.kube.apply(manifest)
+            ctx.metrics.writes.labels("apply").inc()
             writes += 1
     for (kind, name), obj in live.items():
         if (kind, name) not in wanted:
             await ctx.kube.delete(obj.get("apiVersion", ""), kind, fm.metadata.namespace, name)
+            ctx.metrics.writes.labels("delete").inc()
             writes += 1
     return writes
 

@@ -26,6 +26,12 @@ def test_committed_crd_is_the_generated_one(target: str) -> None:
     assert path.read_text() == crd.render(), f"{target} is stale: run `python -m fraudmodel_operator.crd --write`"
 
 
+def test_api_reference_is_generated() -> None:
+    path = Path(__file__).parents[2] / crd.API_DOC
+    assert path.read_text() == crd.markdown(), "docs/api.md is stale: run `python -m fraudmodel_operator.crd --write`"
+    assert "`spec.rollout.analysis.checks.scoreDrift.maxPsi`" in path.read_text()
+
+
 def walk(node: dict[str, Any], path: str) -> list[str]:
     problems = [f"{path}: has {key}" for key in FORBIDDEN if key in node]
     if node.get("additionalProperties") is False:
