@@ -13,7 +13,6 @@ import bentoml
 import numpy as np
 import torch
 from fastapi import FastAPI
-
 from fraud_detector import model as model_io
 from fraud_detector.schema import FEATURE_NAMES, Prediction, Transaction
 

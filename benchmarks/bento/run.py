@@ -6,9 +6,10 @@ Targets, all serving the same model with the same validation on loopback:
 
 * ``inprocess``: the model called in-process, no HTTP (the upper limit),
 * ``fastapi-1w``: the plain baseline, FastAPI + uvicorn, one worker, no batching,
-* ``bento-before``: the bento as first measured (1 worker, adaptive batching,
-  max_latency_ms=20),
-* ``bento``: the bento as shipped (settings in bentos/fraud_detector/README.md),
+* ``fastapi-2w``: the same with two uvicorn workers (a fair match for bento-2w),
+* ``bento-1w``: the bento as shipped (adaptive batching, max_latency_ms=20), one worker,
+* ``bento-1w-nobatch``: the same with adaptive batching off,
+* ``bento-2w``: the bento with two workers (FRAUDMODEL_WORKERS=2),
 
 each under wrk at several connection counts (closed loop). Prints one table and
 writes the figures as JSON. Stays on 127.0.0.1; bounded in time.
@@ -62,12 +63,17 @@ def free_port() -> int:
 def ensure_model(env: dict[str, str]) -> None:
     probe = subprocess.run(
         [sys.executable, "-m", "bentoml", "models", "get", f"fraud_detector:{MODEL_VERSION}"],
-        env=env, cwd=BENTO_DIR, capture_output=True, check=False,
+        env=env,
+        cwd=BENTO_DIR,
+        capture_output=True,
+        check=False,
     )
     if probe.returncode != 0:
         subprocess.run(
             [sys.executable, "-m", "fraud_detector.train", "--version", MODEL_VERSION],
-            env=env, cwd=BENTO_DIR, check=True,
+            env=env,
+            cwd=BENTO_DIR,
+            check=True,
         )
 
 
@@ -103,10 +109,20 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 def wrk(url: str, connections: int, seconds: int, bodies: Path, threads: int) -> dict[str, int]:
     out = subprocess.run(
         [
-            "wrk", f"-t{min(threads, connections)}", f"-c{connections}", f"-d{seconds}s", "--timeout", "5s",
-            "-s", str(HERE / "wrk_report.lua"), url,
+            "wrk",
+            f"-t{min(threads, connections)}",
+            f"-c{connections}",
+            f"-d{seconds}s",
+            "--timeout",
+            "5s",
+            "-s",
+            str(HERE / "wrk_report.lua"),
+            url,
         ],
-        env={**os.environ, "WRK_BODIES": str(bodies)}, capture_output=True, text=True, check=True,
+        env={**os.environ, "WRK_BODIES": str(bodies)},
+        capture_output=True,
+        text=True,
+        check=True,
     )
     m = re.search(r"^RESULT (.*)$", out.stdout, re.M)
     if not m:
@@ -117,8 +133,16 @@ def wrk(url: str, connections: int, seconds: int, bodies: Path, threads: int) ->
 def to_row(target: str, connections: int, r: dict[str, int]) -> Row:
     seconds = r["duration_us"] / 1e6
     return Row(
-        target, connections, round(r["ok"] / seconds, 1),
-        r["p50"] / 1000, r["p90"] / 1000, r["p99"] / 1000, r["ok"], r["shed"], r["other"], r["errors"],
+        target,
+        connections,
+        round(r["ok"] / seconds, 1),
+        r["p50"] / 1000,
+        r["p90"] / 1000,
+        r["p99"] / 1000,
+        r["ok"],
+        r["shed"],
+        r["other"],
+        r["errors"],
     )
 
 
@@ -127,7 +151,6 @@ def inprocess(env: dict[str, str], seconds: float) -> list[Row]:
     os.environ["BENTOML_HOME"] = env["BENTOML_HOME"]
     import bentoml
     import torch
-
     from fraud_detector import model as model_io
     from fraud_detector.data import payloads
     from fraud_detector.schema import FEATURE_NAMES, Transaction
@@ -152,9 +175,16 @@ def inprocess(env: dict[str, str], seconds: float) -> list[Row]:
         ms = np.array(lat) * 1000
         rows.append(
             Row(
-                f"inprocess-batch{batch}", 1, round(done / elapsed, 1),
-                float(np.percentile(ms, 50)), float(np.percentile(ms, 90)), float(np.percentile(ms, 99)),
-                done, 0, 0, 0,
+                f"inprocess-batch{batch}",
+                1,
+                round(done / elapsed, 1),
+                float(np.percentile(ms, 50)),
+                float(np.percentile(ms, 90)),
+                float(np.percentile(ms, 99)),
+                done,
+                0,
+                0,
+                0,
             )
         )
     return rows
@@ -163,10 +193,11 @@ def inprocess(env: dict[str, str], seconds: float) -> list[Row]:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--connections", default="1,8,32,64", help="comma-separated wrk connection counts")
-    p.add_argument("--seconds", type=int, default=10, help="per measurement")
+    p.add_argument("--seconds", type=int, default=8, help="per measurement")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians are reported")
     p.add_argument("--warmup", type=int, default=3, help="seconds of warm-up per target")
     p.add_argument("--wrk-threads", type=int, default=1)
-    p.add_argument("--targets", default="inprocess,fastapi-1w,bento-before,bento")
+    p.add_argument("--targets", default="inprocess,fastapi-1w,fastapi-2w,bento-1w,bento-1w-nobatch,bento-2w")
     p.add_argument("--json", type=Path, default=None, help="write the rows here")
     args = p.parse_args()
     if shutil.which("wrk") is None:
@@ -188,51 +219,121 @@ def main() -> int:
     bodies.write_text("return {\n" + items + "\n}\n")
 
     tag = f"fraud_detector:{MODEL_VERSION}"
-    bento_cmd = [sys.executable, "-m", "bentoml", "serve", "fraud_detector.service:FraudDetector", "--host", "127.0.0.1"]
+    bento_cmd = [
+        sys.executable,
+        "-m",
+        "bentoml",
+        "serve",
+        "fraud_detector.service:FraudDetector",
+        "--host",
+        "127.0.0.1",
+    ]
     servers: dict[str, tuple[list[str], dict[str, str], Path]] = {
         "fastapi-1w": (
-            [sys.executable, "-m", "uvicorn", "baseline_app:app", "--host", "127.0.0.1", "--no-access-log",
-             "--log-level", "warning"],
-            {**env, "BENCH_MODEL_TAG": tag, "PYTHONPATH": str(BENTO_DIR)}, HERE,
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "baseline_app:app",
+                "--host",
+                "127.0.0.1",
+                "--no-access-log",
+                "--log-level",
+                "warning",
+            ],
+            {**env, "BENCH_MODEL_TAG": tag, "PYTHONPATH": str(BENTO_DIR)},
+            HERE,
         ),
-        "bento-before": (
+        "fastapi-2w": (
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "baseline_app:app",
+                "--host",
+                "127.0.0.1",
+                "--no-access-log",
+                "--log-level",
+                "warning",
+                "--workers",
+                "2",
+            ],
+            {**env, "BENCH_MODEL_TAG": tag, "PYTHONPATH": str(BENTO_DIR)},
+            HERE,
+        ),
+        "bento-1w-nobatch": (
             bento_cmd,
-            {**env, "FRAUDMODEL_MODEL_TAG": tag, "FRAUDMODEL_WORKERS": "1", "FRAUDMODEL_MAX_LATENCY_MS": "20"},
+            {**env, "FRAUDMODEL_MODEL_TAG": tag, "FRAUDMODEL_WORKERS": "1", "FRAUDMODEL_ADAPTIVE_BATCHING": "0"},
             BENTO_DIR,
         ),
-        "bento": (bento_cmd, {**env, "FRAUDMODEL_MODEL_TAG": tag}, BENTO_DIR),
+        "bento-1w": (bento_cmd, {**env, "FRAUDMODEL_MODEL_TAG": tag, "FRAUDMODEL_WORKERS": "1"}, BENTO_DIR),
+        "bento-2w": (bento_cmd, {**env, "FRAUDMODEL_MODEL_TAG": tag, "FRAUDMODEL_WORKERS": "2"}, BENTO_DIR),
     }
 
     rows: list[Row] = []
     if "inprocess" in targets:
         rows += inprocess(env, seconds=min(args.seconds, 5))
-    for name in targets:
-        if name == "inprocess":
-            continue
-        cmd, senv, cwd = servers[name]
-        port = free_port()
-        proc = start([*cmd, "--port", str(port)], senv, cwd, tmp / f"{name}.log")
-        url = f"http://127.0.0.1:{port}"
-        try:
+    served = [t for t in targets if t != "inprocess"]
+    procs: dict[str, tuple[str, subprocess.Popen[bytes]]] = {}
+    samples: dict[tuple[str, int], list[Row]] = {}
+    try:
+        # All servers up at once, measured in turn, round after round: on a
+        # shared machine the background load drifts, and interleaving spreads
+        # it evenly over the targets instead of favouring whichever ran first.
+        for name in served:
+            cmd, senv, cwd = servers[name]
+            port = free_port()
+            procs[name] = (
+                f"http://127.0.0.1:{port}",
+                start([*cmd, "--port", str(port)], senv, cwd, tmp / f"{name}.log"),
+            )
+        for url, proc in procs.values():
             wait_ready(url, proc)
             wrk(url, max(conns), args.warmup, bodies, args.wrk_threads)
+        for rnd in range(args.rounds):
             for c in conns:
-                rows.append(to_row(name, c, wrk(url, c, args.seconds, bodies, args.wrk_threads)))
-                print(json.dumps(asdict(rows[-1])), flush=True)
-        finally:
+                for name in served:
+                    url, _ = procs[name]
+                    row = to_row(name, c, wrk(url, c, args.seconds, bodies, args.wrk_threads))
+                    samples.setdefault((name, c), []).append(row)
+                    print(f"round {rnd + 1}: {json.dumps(asdict(row))}", flush=True)
+    finally:
+        for _, proc in procs.values():
             stop(proc)
+    for name in served:
+        for c in conns:
+            rows.append(median_row(samples[(name, c)]))
 
     print()
+    print(f"median of {args.rounds} interleaved rounds of {args.seconds}s, wrk -t{args.wrk_threads}, 127.0.0.1")
     print(render(rows))
     if args.json:
         args.json.write_text(json.dumps([asdict(r) for r in rows], indent=2) + "\n")
     return 0
 
 
+def median_row(rs: list[Row]) -> Row:
+    """Per-figure medians over rounds; shed/other are totals."""
+    med = lambda xs: float(np.median(xs))  # noqa: E731
+    return Row(
+        rs[0].target,
+        rs[0].connections,
+        round(med([r.rps for r in rs]), 1),
+        med([r.p50_ms for r in rs]),
+        med([r.p90_ms for r in rs]),
+        med([r.p99_ms for r in rs]),
+        sum(r.ok for r in rs),
+        sum(r.shed for r in rs),
+        sum(r.other for r in rs),
+        sum(r.errors for r in rs),
+    )
+
+
 def render(rows: list[Row]) -> str:
     base = {r.connections: r for r in rows if r.target == "fastapi-1w"}
     lines = [
-        "| target | conns | req/s | p50 ms | p90 ms | p99 ms | 503 shed | other non-2xx | req/s vs fastapi | p99 vs fastapi |",
+        "| target | conns | req/s | p50 ms | p90 ms | p99 ms | 503 shed | other non-2xx "
+        "| req/s vs fastapi | p99 vs fastapi |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:

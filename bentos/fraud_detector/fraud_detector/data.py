@@ -42,7 +42,7 @@ _HOUR_PROFILE = np.array(
     dtype=np.float64,
 )
 
-FloatArray = npt.NDArray[np.float64]
+FloatArray = npt.NDArray[Any]
 
 
 @dataclass(frozen=True)
@@ -59,9 +59,7 @@ class Dataset:
 
     def matrix(self) -> npt.NDArray[np.float32]:
         """The feature matrix in schema order, as the model consumes it."""
-        return np.column_stack(
-            [np.asarray(self.columns[name], dtype=np.float32) for name in FEATURE_NAMES]
-        )
+        return np.column_stack([np.asarray(self.columns[name], dtype=np.float32) for name in FEATURE_NAMES])
 
     def subset(self, index: npt.NDArray[np.intp]) -> Dataset:
         return Dataset(
@@ -113,9 +111,7 @@ def _legit(rng: np.random.Generator, n: int, shift: float) -> dict[str, FloatArr
         "failed_logins_24h": rng.poisson(0.1 + 0.5 * s, size=n).astype(np.float64),
         "is_new_device": (rng.random(n) < 0.08 + 0.30 * s).astype(np.float64),
         "card_present": (rng.random(n) < 0.35 * (1 - 0.7 * s)).astype(np.float64),
-        "hour_of_day": rng.choice(24, size=n, p=_HOUR_PROFILE / _HOUR_PROFILE.sum()).astype(
-            np.float64
-        ),
+        "hour_of_day": rng.choice(24, size=n, p=_HOUR_PROFILE / _HOUR_PROFILE.sum()).astype(np.float64),
     }
 
 

@@ -12,15 +12,17 @@ It does three things BentoML alone does not:
    on as a batch of one to the batchable ``/predict_batch`` API, so single and
    batch requests share BentoML's adaptive batching; the answer is unwrapped.
 3. **Deliberate overload.** Requests beyond ``max_inflight`` per worker are
-   shed at once, and requests that BentoML's batching dispatcher drops because
-   they cannot meet the latency budget (its 503 "process is overloaded") are
-   rewritten to a documented 503 with ``Retry-After``; both are counted in
-   ``fraud_model_shed_requests_total``. 503 is used for shedding only, so an
+   shed at once (a bounded queue keeps latency bounded), and, when adaptive
+   batching is on, requests that BentoML's dispatcher drops because they
+   cannot meet the latency budget (its 503 "process is overloaded") are
+   rewritten to the same documented 503 with ``Retry-After``; both are counted
+   in ``fraud_model_shed_requests_total``. 503 is used for shedding only, so an
    error-rate check can count 5xx other than 503 as model errors.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable
 from typing import Any
@@ -88,7 +90,8 @@ def _reject(status: int, reason: str, field: str, message: str) -> Rejection:
 def _path(prefix: str, loc: tuple[int | str, ...]) -> str:
     out = prefix
     for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+        name = part if part != "" else '""'  # an empty key still gets a visible name
+        out += f"[{name}]" if isinstance(name, int) else (f".{name}" if out else str(name))
     return out or "$"
 
 
@@ -118,7 +121,9 @@ def validate_body(path: str, body: bytes, settings: Settings) -> int:
         raise _reject(422, "wrong_type", "$", 'body must be {"transactions": [...]}')
     for key in payload:
         if key != "transactions":
-            raise _reject(422, "unknown_field", key, "unexpected field; the body has only 'transactions'")
+            raise _reject(
+                422, "unknown_field", _path("", (key,)), "unexpected field; the body has only 'transactions'"
+            )
     if "transactions" not in payload:
         raise _reject(422, "missing_field", "transactions", "Field required")
     items = payload["transactions"]
@@ -126,7 +131,9 @@ def validate_body(path: str, body: bytes, settings: Settings) -> int:
         raise _reject(422, "wrong_type", "transactions", "must be a list of transactions")
     if len(items) > settings.max_batch_size:
         raise _reject(
-            422, "batch_too_large", "transactions",
+            422,
+            "batch_too_large",
+            "transactions",
             f"{len(items)} transactions, at most {settings.max_batch_size} per request",
         )
     for i, item in enumerate(items):
@@ -187,6 +194,12 @@ class EdgeMiddleware:
             return
         self.inflight += 1
         try:
+            # Let every request that has already arrived reach this point
+            # before any is processed: a request runs to completion without
+            # suspending, so without this yield requests waiting in the event
+            # loop would never count as in flight and overload would only
+            # show up as unbounded latency.
+            await asyncio.sleep(0)
             await self._handle(scope, receive, send, path, metrics)
         finally:
             self.inflight -= 1
@@ -195,7 +208,9 @@ class EdgeMiddleware:
         metrics.shed.inc()
         await _respond(send, 503, self._shed_body, (self._retry_after,))
 
-    async def _handle(self, scope: Scope, receive: Receive, send: Send, path: str, metrics: ServiceMetrics) -> None:
+    async def _handle(
+        self, scope: Scope, receive: Receive, send: Send, path: str, metrics: ServiceMetrics
+    ) -> None:
         try:
             ctype = dict(scope.get("headers") or []).get(b"content-type", b"application/json")
             if ctype.split(b";")[0].strip().lower() != b"application/json":
@@ -219,7 +234,10 @@ class EdgeMiddleware:
         headers = [
             (k, v) for k, v in scope.get("headers") or [] if k not in (b"content-length", b"content-type")
         ]
-        headers += [(b"content-type", b"application/json"), (b"content-length", str(len(forward_body)).encode())]
+        headers += [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(forward_body)).encode()),
+        ]
         inner_scope = {**scope, "path": PREDICT_BATCH, "raw_path": PREDICT_BATCH.encode(), "headers": headers}
         sent = False
 
@@ -248,7 +266,9 @@ class EdgeMiddleware:
 
         await self.app(inner_scope, inner_receive, inner_send)
 
-    async def _finish(self, send: Send, start: Message, body: bytes, single: bool, metrics: ServiceMetrics) -> None:
+    async def _finish(
+        self, send: Send, start: Message, body: bytes, single: bool, metrics: ServiceMetrics
+    ) -> None:
         status = int(start["status"])
         if status == 503:
             await self._shed(send, metrics)

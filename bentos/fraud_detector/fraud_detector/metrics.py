@@ -60,13 +60,10 @@ def _families() -> _Families:
             "Requests rejected at the edge for invalid input, by reason.",
             [*labels, "reason"],
         ),
-        predictions=prom.Counter(
-            "fraud_model_predictions", "Transactions scored.", labels
-        ),
+        predictions=prom.Counter("fraud_model_predictions", "Transactions scored.", labels),
         shed=prom.Counter(
             "fraud_model_shed_requests",
-            "Requests shed with 503 + Retry-After because the service was overloaded "
-            "(not model errors).",
+            "Requests shed with 503 + Retry-After because the service was overloaded (not model errors).",
             labels,
         ),
     )

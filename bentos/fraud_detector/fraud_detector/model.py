@@ -70,7 +70,9 @@ class FraudNet(nn.Module):
         out: torch.Tensor = self.net(z).squeeze(-1)
         return out
 
-    def predict_proba(self, x: npt.NDArray[np.float32] | Sequence[Sequence[float]]) -> npt.NDArray[np.float32]:
+    def predict_proba(
+        self, x: npt.NDArray[np.float32] | Sequence[Sequence[float]]
+    ) -> npt.NDArray[np.float32]:
         """Fraud probabilities for raw feature rows."""
         t = torch.as_tensor(np.asarray(x, dtype=np.float32))
         with torch.inference_mode():
@@ -93,9 +95,7 @@ def load(directory: Path) -> FraudNet:
         hidden=tuple(cfg["hidden"]),
     )
     if config.features != FEATURE_NAMES:
-        raise ValueError(
-            f"model expects features {config.features}, this code serves {FEATURE_NAMES}"
-        )
+        raise ValueError(f"model expects features {config.features}, this code serves {FEATURE_NAMES}")
     model = FraudNet(config)
     model.load_state_dict(torch.load(directory / WEIGHTS_FILE, weights_only=True))
     model.eval()

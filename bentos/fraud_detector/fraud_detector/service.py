@@ -9,11 +9,14 @@ Configuration comes from the environment the operator sets (see
 from __future__ import annotations
 
 import functools
+import gc
 from pathlib import Path
+from typing import Annotated, Any
 
 import bentoml
 import numpy as np
 import torch
+from bentoml.validators import ContentType
 
 from . import model as model_io
 from .edge import EdgeMiddleware
@@ -22,6 +25,11 @@ from .schema import FEATURE_NAMES, Prediction, Transaction
 from .settings import Settings
 
 __all__ = ["SETTINGS", "FraudDetector"]
+
+# Declaring the media type matters for speed: without it BentoML 1.4.40 builds
+# the output's JSON schema on every response to find out (a third of the CPU
+# time of a request in a profile).
+JSONPredictions = Annotated[list[Prediction], ContentType("application/json")]
 
 SETTINGS = Settings.from_env()
 DEFAULT_MODEL_TAG = "fraud_detector:latest"
@@ -33,7 +41,7 @@ def model_tag() -> str:
     fraud_detector:latest."""
     if SETTINGS.model_tag:
         return SETTINGS.model_tag
-    bento = FraudDetector.bento
+    bento = getattr(FraudDetector, "bento", None)  # set by BentoML when serving a bento
     if bento is not None:
         pinned = [str(m.tag) for svc in bento.info.services for m in svc.models]
         if pinned:
@@ -86,18 +94,44 @@ class FraudDetector:
         self.threshold = SETTINGS.threshold
         self.metrics = _metrics()
         self.model.predict_proba(np.zeros((1, len(FEATURE_NAMES)), dtype=np.float32))  # warm up
+        self._cache_api_callable()
+        # Garbage collection was the p99: with torch and BentoML loaded, full
+        # collections paused requests for 20-100 ms (measured with gc.callbacks).
+        # What is loaded now lives as long as the process, so it is frozen out
+        # of the collector; and a larger young generation lets each request's
+        # short-lived cycles die young instead of being promoted into the
+        # expensive full collections. p99 at 8 connections: ~90 ms -> ~15 ms.
+        gc.freeze()
+        gc.set_threshold(10_000, 10, 10)
         self.ready = True
+
+    def _cache_api_callable(self) -> None:
+        """Resolve the API method once instead of on every request.
+
+        BentoML 1.4.40 looks the API up with ``getattr(instance, name).local`` on
+        each request, and its descriptor runs ``inspect.signature`` each time
+        (about a tenth of a request's CPU time in a profile). The descriptor has
+        no ``__set__``, so an instance attribute with the same name shadows it;
+        it holds exactly what the descriptor would return for local calls.
+        """
+        descriptor = type(self).__dict__.get("predict_batch")
+        local_call = getattr(descriptor, "_local_call", None)
+        if local_call is None:  # a BentoML without this internal: keep its behaviour
+            return
+        local = local_call(self)
+        local.local = local
+        self.__dict__["predict_batch"] = local
 
     def __is_ready__(self) -> bool:
         return self.ready
 
     @bentoml.api(
         route="/predict_batch",
-        batchable=True,
+        batchable=SETTINGS.adaptive_batching,
         max_batch_size=SETTINGS.max_batch_size,
         max_latency_ms=SETTINGS.max_latency_ms,
     )
-    async def predict_batch(self, transactions: list[Transaction]) -> list[Prediction]:
+    async def predict_batch(self, transactions: list[Transaction]) -> JSONPredictions:
         """Score transactions; single requests to /predict arrive here as batches of one.
 
         ``async`` on purpose: the model call takes tens of microseconds, less
@@ -110,7 +144,7 @@ class FraudDetector:
         self.metrics.observe(scores, self.threshold)
         return [
             Prediction(
-                transaction_id=t.transaction_id,  # type: ignore[attr-defined]
+                transaction_id=t.transaction_id,
                 score=s,
                 decision="flag" if s >= self.threshold else "allow",
                 threshold=self.threshold,
@@ -121,4 +155,5 @@ class FraudDetector:
         ]
 
 
-FraudDetector.add_asgi_middleware(EdgeMiddleware, settings=SETTINGS, metrics=_metrics)
+_service: Any = FraudDetector  # a bentoml.Service; its stubs do not say so
+_service.add_asgi_middleware(EdgeMiddleware, settings=SETTINGS, metrics=_metrics)

@@ -46,9 +46,17 @@ class Settings:
     # larger than its max_batch_size into chunks that each must start within
     # the latency budget, so a big request could be shed half-way.
     max_batch_size: int = 1_000
-    max_latency_ms: int = 20  # adaptive batching: latency budget before shedding
+    # BentoML's adaptive batching. Off by default: for this model (tens of
+    # microseconds a call) merging requests saves less than the dispatcher
+    # costs, and its latency-budget shedding answered 503s at loads the
+    # service could serve (figures in docs/benchmarks.md). On for heavier models.
+    adaptive_batching: bool = False
+    max_latency_ms: int = 20  # adaptive batching: latency budget before the dispatcher sheds
     max_body_bytes: int = 1 << 20
-    max_inflight: int = 256  # per worker; beyond it requests are shed at once
+    # Per worker; beyond it requests are shed at once with 503 + Retry-After.
+    # About 20 ms of work at the measured ~1 700 req/s of one worker: a queue
+    # longer than that only adds latency.
+    max_inflight: int = 32
     retry_after_seconds: int = 1
 
     @classmethod
@@ -64,7 +72,11 @@ class Settings:
         track = e.get("FRAUDMODEL_TRACK", "stable") or "stable"
         if track not in TRACKS:
             raise ValueError(f"FRAUDMODEL_TRACK={track!r} must be one of {', '.join(TRACKS)}")
+        batching = (e.get("FRAUDMODEL_ADAPTIVE_BATCHING") or "0").lower()
+        if batching not in ("0", "1", "true", "false"):
+            raise ValueError(f"FRAUDMODEL_ADAPTIVE_BATCHING={batching!r} must be 0/1/true/false")
         return cls(
+            adaptive_batching=batching in ("1", "true"),
             model_name=e.get("FRAUDMODEL_NAME") or "fraud_detector",
             model_tag=e.get("FRAUDMODEL_MODEL_TAG") or None,
             version=e.get("FRAUDMODEL_VERSION") or None,

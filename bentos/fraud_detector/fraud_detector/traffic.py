@@ -75,7 +75,7 @@ async def run(
     shift: float = 0.0,
     invalid_rate: float = 0.0,
     max_inflight: int = 64,
-    timeout: float = 5.0,
+    request_timeout: float = 5.0,
 ) -> Summary:
     """Send ``rps`` single-transaction requests per second for ``seconds``."""
     total = max(1, int(rps * seconds))
@@ -99,7 +99,7 @@ async def run(
                 summary.decisions[resp.json()["decision"]] += 1
 
     limits = httpx.Limits(max_connections=max_inflight, max_keepalive_connections=max_inflight)
-    async with httpx.AsyncClient(timeout=timeout, limits=limits) as client:
+    async with httpx.AsyncClient(timeout=request_timeout, limits=limits) as client:
         tasks = []
         start = time.perf_counter()
         for i in range(total):
@@ -129,8 +129,12 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--rps and --seconds must be positive")
     summary = asyncio.run(
         run(
-            args.url, rps=args.rps, seconds=args.seconds, seed=args.seed,
-            shift=args.shift, invalid_rate=args.invalid_rate,
+            args.url,
+            rps=args.rps,
+            seconds=args.seconds,
+            seed=args.seed,
+            shift=args.shift,
+            invalid_rate=args.invalid_rate,
         )
     )
     print(json.dumps(summary.as_dict()))

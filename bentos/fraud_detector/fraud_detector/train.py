@@ -22,6 +22,7 @@ Regressed variants, for rollout tests that need a real bad model:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -40,7 +41,15 @@ from .model import FraudNet
 from .schema import schema_as_dict
 from .validation import Report, read_csv, to_dataset, validate
 
-__all__ = ["REGRESSIONS", "DataValidationError", "TrainConfig", "TrainResult", "main", "save_to_store", "train"]
+__all__ = [
+    "REGRESSIONS",
+    "DataValidationError",
+    "TrainConfig",
+    "TrainResult",
+    "main",
+    "save_to_store",
+    "train",
+]
 
 Regression = Literal["miscalibrated", "label_noise"]
 REGRESSIONS: tuple[Regression, ...] = ("miscalibrated", "label_noise")
@@ -184,10 +193,8 @@ def save_to_store(cfg: TrainConfig, result: TrainResult, *, force: bool = False)
 
     tag = f"{cfg.name}:{cfg.version}"
     if force:
-        try:
+        with contextlib.suppress(NotFound):
             bentoml.models.delete(tag)
-        except NotFound:
-            pass
     variant = f"regressed-{cfg.regressed}" if cfg.regressed else "good"
     metadata: dict[str, Any] = {
         "version": cfg.version,
@@ -231,8 +238,14 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     cfg = TrainConfig(
-        version=args.version, seed=args.seed, rows=args.rows, regressed=args.regressed,
-        data=args.data, epochs=args.epochs, name=args.name, threshold=args.threshold,
+        version=args.version,
+        seed=args.seed,
+        rows=args.rows,
+        regressed=args.regressed,
+        data=args.data,
+        epochs=args.epochs,
+        name=args.name,
+        threshold=args.threshold,
     )
     try:
         result = train(cfg)
@@ -240,7 +253,10 @@ def main(argv: list[str] | None = None) -> int:
         print(exc.report.render(), file=sys.stderr)
         print("refusing to train on data that failed validation", file=sys.stderr)
         return 2
-    print(f"trained {cfg.name}:{cfg.version} in {result.seconds:.1f}s ({'regressed: ' + cfg.regressed if cfg.regressed else 'good'})")
+    print(
+        f"trained {cfg.name}:{cfg.version} in {result.seconds:.1f}s "
+        f"({'regressed: ' + cfg.regressed if cfg.regressed else 'good'})"
+    )
     print(f"  holdout:   {result.holdout.as_dict()}")
     print(f"  reference: {result.reference.as_dict()}")
     if not args.no_save:

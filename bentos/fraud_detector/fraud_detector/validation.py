@@ -133,9 +133,9 @@ def validate(
     for name in cols:
         if name not in required:
             add(Problem("schema", name, n, "unknown column (not in the feature schema)"))
-    for name, values in cols.items():
-        if len(values) != n:
-            add(Problem("schema", name, abs(n - len(values)), f"column has {len(values)} rows, expected {n}"))
+    for name, column in cols.items():
+        if len(column) != n:
+            add(Problem("schema", name, abs(n - len(column)), f"column has {len(column)} rows, expected {n}"))
 
     for spec in FEATURES:
         values = cols.get(spec.name)
@@ -158,8 +158,11 @@ def validate(
         if out:
             add(
                 Problem(
-                    "range", spec.name, len(out),
-                    f"outside [{spec.minimum:g}, {spec.maximum:g}]", _examples(out, values),
+                    "range",
+                    spec.name,
+                    len(out),
+                    f"outside [{spec.minimum:g}, {spec.maximum:g}]",
+                    _examples(out, values),
                 )
             )
 
@@ -191,7 +194,9 @@ def validate(
             if not lo <= rate <= hi:
                 add(
                     Problem(
-                        "label_rate", LABEL_FIELD, int(sum(good)),
+                        "label_rate",
+                        LABEL_FIELD,
+                        int(sum(good)),
                         f"fraud rate {rate:.4f} outside expected [{lo}, {hi}]",
                     )
                 )
@@ -214,7 +219,9 @@ def to_dataset(table: RawTable) -> Dataset:
     for spec in FEATURES:
         vals = [_parse(spec, v) for v in cols[spec.name]]
         arr = np.array(vals, dtype=np.float64)
-        out[spec.name] = arr.astype(bool) if spec.kind == "bool" else arr.astype(np.int64) if spec.kind == "int" else arr
+        out[spec.name] = (
+            arr.astype(bool) if spec.kind == "bool" else arr.astype(np.int64) if spec.kind == "int" else arr
+        )
     label_spec = FeatureSpec(LABEL_FIELD, "bool", 0, 1, "")
     labels = np.array([_parse(label_spec, v) for v in cols[LABEL_FIELD]], dtype=np.int8)
     return Dataset(
@@ -242,6 +249,6 @@ def read_csv(path: Path) -> RawTable:
         for row in reader:
             for name, value in zip(header, row, strict=False):
                 columns[name].append(value)
-            for name in header[len(row):]:
+            for name in header[len(row) :]:
                 columns[name].append(None)
     return RawTable(columns)

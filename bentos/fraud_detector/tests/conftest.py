@@ -36,8 +36,13 @@ class Store:
 
     def run(self, *args: str, **extra: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, *args], cwd=BENTO_DIR, env=self.env(**extra),
-            capture_output=True, text=True, timeout=300, check=False,
+            [sys.executable, *args],
+            cwd=BENTO_DIR,
+            env=self.env(**extra),
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
         )
 
 
@@ -104,8 +109,21 @@ def start_server(store: Store, tmp_path_factory: pytest.TempPathFactory) -> Iter
         log = tmp_path_factory.mktemp("server") / "server.log"
         with log.open("wb") as fh:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "bentoml", "serve", target, "--host", "127.0.0.1", "--port", str(port)],
-                cwd=BENTO_DIR, env=store.env(**env), stdout=fh, stderr=subprocess.STDOUT,
+                [
+                    sys.executable,
+                    "-m",
+                    "bentoml",
+                    "serve",
+                    target,
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                ],
+                cwd=BENTO_DIR,
+                env=store.env(**env),
+                stdout=fh,
+                stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
         server = Server(f"http://127.0.0.1:{port}", proc, log)

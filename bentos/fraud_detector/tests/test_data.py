@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from fraud_detector.data import PATTERNS, generate, payloads
 from fraud_detector.evaluation import psi
 from fraud_detector.schema import FEATURE_NAMES, FEATURES, Transaction
@@ -32,7 +31,8 @@ def test_every_value_is_within_the_schema() -> None:
     assert validate(d).ok, validate(d).render()
     for spec in FEATURES:
         col = d.columns[spec.name].astype(np.float64)
-        assert col.min() >= spec.minimum and col.max() <= spec.maximum, spec.name
+        assert col.min() >= spec.minimum, spec.name
+        assert col.max() <= spec.maximum, spec.name
 
 
 @pytest.mark.parametrize(
@@ -67,7 +67,9 @@ def test_payloads_are_valid_requests() -> None:
         Transaction.model_validate(body)
 
 
-@pytest.mark.parametrize(("kwargs", "message"), [({"rows": 0}, "rows"), ({"shift": 2.0}, "shift")], ids=["no-rows", "shift"])
+@pytest.mark.parametrize(
+    ("kwargs", "message"), [({"rows": 0}, "rows"), ({"shift": 2.0}, "shift")], ids=["no-rows", "shift"]
+)
 def test_bad_arguments_are_refused(kwargs: dict[str, float], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         generate(**kwargs)  # type: ignore[arg-type]

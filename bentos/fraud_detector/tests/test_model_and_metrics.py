@@ -6,7 +6,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from fraud_detector import model as model_io
 from fraud_detector.data import generate
 from fraud_detector.evaluation import SCORE_BUCKETS, average_precision, evaluate, psi, recall_at_fpr, roc_auc
@@ -65,7 +64,10 @@ def test_average_precision_and_recall_at_fpr() -> None:
     y = np.array([1, 0, 1, 0, 0])
     s = np.array([0.9, 0.8, 0.7, 0.2, 0.1])
     assert average_precision(y, s) == pytest.approx((1 + 2 / 3) / 2)
-    assert recall_at_fpr(np.array([0] * 100 + [1] * 10), np.r_[np.linspace(0, 0.5, 100), np.full(10, 0.9)]) == 1.0
+    assert (
+        recall_at_fpr(np.array([0] * 100 + [1] * 10), np.r_[np.linspace(0, 0.5, 100), np.full(10, 0.9)])
+        == 1.0
+    )
 
 
 def test_psi_zero_for_same_and_large_for_moved() -> None:
@@ -77,9 +79,10 @@ def test_psi_zero_for_same_and_large_for_moved() -> None:
 
 
 def test_buckets_every_005_to_1() -> None:
-    assert SCORE_BUCKETS[0] == 0.05 and SCORE_BUCKETS[-1] == 1.0 and len(SCORE_BUCKETS) == 20
+    assert tuple(round(0.05 * i, 2) for i in range(1, 21)) == SCORE_BUCKETS
+    assert SCORE_BUCKETS[-1] == 1.0
 
 
 def test_evaluate_flag_rate() -> None:
     m = evaluate(np.array([0, 0, 0, 1]), np.array([0.1, 0.6, 0.2, 0.9]), threshold=0.5)
-    assert m.flag_rate == 0.5 and m.base_rate == 0.25 and m.rows == 4
+    assert (m.flag_rate, m.base_rate, m.rows) == (0.5, 0.25, 4)

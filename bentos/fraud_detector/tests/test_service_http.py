@@ -9,7 +9,6 @@ from typing import Any
 
 import httpx
 import pytest
-
 from fraud_detector.data import payloads
 from fraud_detector.evaluation import SCORE_BUCKETS
 
@@ -21,8 +20,14 @@ BODIES = payloads(50, seed=77)
 FRAUDY = {
     **BODIES[0],
     "transaction_id": "fraudy",
-    "amount": 2500.0, "amount_sum_24h": 2600.0, "geo_mismatch": True, "distance_from_home_km": 4000.0,
-    "is_new_device": True, "account_age_days": 3, "chargebacks_180d": 3, "card_present": False,
+    "amount": 2500.0,
+    "amount_sum_24h": 2600.0,
+    "geo_mismatch": True,
+    "distance_from_home_km": 4000.0,
+    "is_new_device": True,
+    "account_age_days": 3,
+    "chargebacks_180d": 3,
+    "card_present": False,
 }
 
 
@@ -83,19 +88,48 @@ def test_empty_batch(server: Server) -> None:
 
 
 INVALID = [
-    ("missing field", "/predict", {k: v for k, v in BODIES[0].items() if k != "amount"}, 422, "missing_field", "amount"),
+    (
+        "missing field",
+        "/predict",
+        {k: v for k, v in BODIES[0].items() if k != "amount"},
+        422,
+        "missing_field",
+        "amount",
+    ),
     ("wrong type", "/predict", {**BODIES[0], "txn_count_1h": "3"}, 422, "wrong_type", "txn_count_1h"),
-    ("NaN", "/predict", json.dumps({**BODIES[0], "amount": float("nan")}).encode(), 422, "not_finite", "amount"),
+    (
+        "NaN",
+        "/predict",
+        json.dumps({**BODIES[0], "amount": float("nan")}).encode(),
+        422,
+        "not_finite",
+        "amount",
+    ),
     ("out of range", "/predict", {**BODIES[0], "hour_of_day": 99}, 422, "out_of_range", "hour_of_day"),
     ("unknown field", "/predict", {**BODIES[0], "colour": "red"}, 422, "unknown_field", "colour"),
     ("malformed json", "/predict", b'{"amount": ', 400, "malformed_json", "$"),
-    ("bad item in batch", "/predict_batch", {"transactions": [BODIES[0], {**BODIES[1], "amount": -2.0}]},
-     422, "out_of_range", "transactions[1].amount"),
-    ("batch too large", "/predict_batch", {"transactions": BODIES[:1] * 1001}, 422, "batch_too_large", "transactions"),
+    (
+        "bad item in batch",
+        "/predict_batch",
+        {"transactions": [BODIES[0], {**BODIES[1], "amount": -2.0}]},
+        422,
+        "out_of_range",
+        "transactions[1].amount",
+    ),
+    (
+        "batch too large",
+        "/predict_batch",
+        {"transactions": BODIES[:1] * 1001},
+        422,
+        "batch_too_large",
+        "transactions",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("name", "path", "body", "status", "reason", "field"), INVALID, ids=[c[0] for c in INVALID])
+@pytest.mark.parametrize(
+    ("name", "path", "body", "status", "reason", "field"), INVALID, ids=[c[0] for c in INVALID]
+)
 def test_invalid_input_is_a_4xx_naming_the_field_and_counted(
     server: Server, name: str, path: str, body: Any, status: int, reason: str, field: str
 ) -> None:
@@ -119,8 +153,12 @@ def test_metrics_present_and_moving(server: Server) -> None:
     labels = {"model_version": GOOD, "track": "canary"}
     text = httpx.get(server.url + "/metrics").text
     for name in (
-        "fraud_model_score_bucket", "fraud_model_decisions_total", "fraud_model_rejected_inputs_total",
-        "fraud_model_predictions_total", "fraud_model_shed_requests_total", "bentoml_service_request_total",
+        "fraud_model_score_bucket",
+        "fraud_model_decisions_total",
+        "fraud_model_rejected_inputs_total",
+        "fraud_model_predictions_total",
+        "fraud_model_shed_requests_total",
+        "bentoml_service_request_total",
         "bentoml_service_request_duration_seconds_bucket",
     ):
         assert name in text, name
@@ -140,12 +178,18 @@ def test_metrics_present_and_moving(server: Server) -> None:
     assert metric(server, "fraud_model_score_count", **labels) == before["count"] + 21
     flags = metric(server, "fraud_model_decisions_total", decision="flag", **labels) - before["flag"]
     allows = metric(server, "fraud_model_decisions_total", decision="allow", **labels) - before["allow"]
-    assert flags >= 1 and flags + allows == 21
-    assert metric(server, "bentoml_service_request_total", endpoint="/predict", http_response_code="200") == before["req"] + 1
+    assert flags >= 1
+    assert flags + allows == 21
+    assert (
+        metric(server, "bentoml_service_request_total", endpoint="/predict", http_response_code="200")
+        == before["req"] + 1
+    )
 
 
 def test_regressed_model_as_stable_track_flags_more(start_server: StartServer, server: Server) -> None:
-    bad = start_server(FRAUDMODEL_MODEL_TAG=f"fraud_detector:{BAD}")  # version and track from the model and default
+    bad = start_server(
+        FRAUDMODEL_MODEL_TAG=f"fraud_detector:{BAD}"
+    )  # version and track from the model and default
     body = {"transactions": payloads(400, seed=2024)}
     good_out = post(server, "/predict_batch", body).json()
     bad_out = post(bad, "/predict_batch", body).json()
@@ -158,7 +202,9 @@ def test_regressed_model_as_stable_track_flags_more(start_server: StartServer, s
 
 def test_overload_is_shed_with_503_and_retry_after(start_server: StartServer) -> None:
     tight = start_server(
-        FRAUDMODEL_MODEL_TAG=f"fraud_detector:{GOOD}", FRAUDMODEL_VERSION="v1-tight", FRAUDMODEL_MAX_INFLIGHT="1",
+        FRAUDMODEL_MODEL_TAG=f"fraud_detector:{GOOD}",
+        FRAUDMODEL_VERSION="v1-tight",
+        FRAUDMODEL_MAX_INFLIGHT="1",
         FRAUDMODEL_RETRY_AFTER_SECONDS="2",
     )
 
@@ -171,10 +217,13 @@ def test_overload_is_shed_with_503_and_retry_after(start_server: StartServer) ->
     codes = [r.status_code for r in responses]
     shed = [r for r in responses if r.status_code == 503]
     assert set(codes) <= {200, 503}, codes
-    assert codes.count(200) >= 1 and shed, codes
+    assert codes.count(200) >= 1, codes
+    assert shed, codes
     for r in shed:
         assert r.headers["retry-after"] == "2"
         assert r.json()["reason"] == "shed"
     labels = {"model_version": "v1-tight", "track": "stable"}
     assert metric(tight, "fraud_model_shed_requests_total", **labels) == len(shed)
-    assert metric(tight, "bentoml_service_request_total", endpoint="/predict", http_response_code="503") == len(shed)
+    assert metric(
+        tight, "bentoml_service_request_total", endpoint="/predict", http_response_code="503"
+    ) == len(shed)

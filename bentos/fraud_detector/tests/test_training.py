@@ -6,7 +6,6 @@ import functools
 
 import numpy as np
 import torch
-
 from fraud_detector.evaluation import psi
 from fraud_detector.train import TrainConfig, TrainResult, reference_traffic, train
 

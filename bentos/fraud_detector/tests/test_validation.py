@@ -5,7 +5,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from fraud_detector import train
 from fraud_detector.data import generate
 from fraud_detector.validation import LABEL_FIELD, RawTable, read_csv, to_dataset, validate, write_csv
@@ -51,7 +50,12 @@ CASES = [
     ("infinite", _set("amount", 1, float("inf")), "type", "amount"),
     ("negative amount", _set("amount", 7, -3.0), "range", "amount"),
     ("hour 24", _set("hour_of_day", 7, 24), "range", "hour_of_day"),
-    ("duplicate id", lambda c: _set("transaction_id", 9, c["transaction_id"][0])(c), "duplicate_id", "transaction_id"),
+    (
+        "duplicate id",
+        lambda c: _set("transaction_id", 9, c["transaction_id"][0])(c),
+        "duplicate_id",
+        "transaction_id",
+    ),
     ("label 2", _set(LABEL_FIELD, 4, 2), "label", LABEL_FIELD),
     ("no fraud at all", _no_fraud, "label_rate", LABEL_FIELD),
 ]
@@ -82,7 +86,9 @@ def test_csv_round_trip(tmp_path: Path) -> None:
     assert to_dataset(table).fingerprint() == d.fingerprint()
 
 
-def test_training_refuses_bad_data_and_prints_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_training_refuses_bad_data_and_prints_report(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     path = tmp_path / "bad.csv"
     write_csv(generate(1_000, seed=2), path)
     text = path.read_text().splitlines()
@@ -96,5 +102,6 @@ def test_training_refuses_bad_data_and_prints_report(tmp_path: Path, capsys: pyt
     assert train.main(["--version", "x", "--data", str(path), "--no-save"]) == 2
     err = capsys.readouterr().err
     assert "data validation FAILED" in err
-    assert "hour_of_day" in err and "duplicate" in err
+    assert "hour_of_day" in err
+    assert "duplicate" in err
     assert "refusing to train" in err
