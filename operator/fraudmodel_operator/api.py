@@ -140,7 +140,10 @@ class Autoscaling(_Model):
 
     model_config = ConfigDict(
         json_schema_extra=_cel(
-            ("self.minReplicas <= self.maxReplicas", "minReplicas must be <= maxReplicas"),
+            (
+                "!has(self.minReplicas) || !has(self.maxReplicas) || self.minReplicas <= self.maxReplicas",
+                "minReplicas must be <= maxReplicas",
+            ),
         )
     )
 
@@ -336,7 +339,12 @@ class FlagRateCheck(_Model):
     """Canary flag rate divided by the stable flag rate must stay within bounds."""
 
     model_config = ConfigDict(
-        json_schema_extra=_cel(("self.minRatio <= self.maxRatio", "minRatio must be <= maxRatio"))
+        json_schema_extra=_cel(
+            (
+                "!has(self.minRatio) || !has(self.maxRatio) || self.minRatio <= self.maxRatio",
+                "minRatio must be <= maxRatio",
+            )
+        )
     )
 
     enabled: bool = Field(default=True, description="Run this check.")
@@ -465,7 +473,10 @@ class RolloutSpec(_Model):
                 "!has(self.steps) || self.steps.all(w, self.steps.filter(x, x == w).size() == 1)",
                 "steps must not repeat a weight",
             ),
-            ("self.stepWeight <= self.maxWeight", "stepWeight must be <= maxWeight"),
+            (
+                "!has(self.stepWeight) || !has(self.maxWeight) || self.stepWeight <= self.maxWeight",
+                "stepWeight must be <= maxWeight",
+            ),
         )
     )
 

@@ -232,7 +232,8 @@ def crd() -> dict[str, Any]:
                             "properties": {
                                 "apiVersion": {"type": "string", "description": "API version."},
                                 "kind": {"type": "string", "description": "Kind: FraudModel."},
-                                "metadata": {"type": "object", "description": "Standard object metadata."},
+                                # The API server allows nothing more here (not even a description).
+                                "metadata": {"type": "object"},
                                 "spec": spec,
                                 "status": status,
                             },

@@ -40,7 +40,7 @@ def walk(node: dict[str, Any], path: str) -> list[str]:
     if not typed:
         problems.append(f"{path}: no type")
     for name, prop in node.get("properties", {}).items():
-        if not prop.get("description"):
+        if not prop.get("description") and f"{path}.{name}" != ".metadata":  # metadata: only `type` allowed
             problems.append(f"{path}.{name}: no description")
         problems += walk(prop, f"{path}.{name}")
     if isinstance(node.get("items"), dict):
