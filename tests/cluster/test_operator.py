@@ -1,0 +1,262 @@
+"""The operator against a real kube-apiserver, controller-manager, scheduler and kwok nodes.
+
+What the emulated API cannot prove: the API server accepts our CRD, our examples and
+rejects the invalid ones (schema and CEL), takes our server-side applies and status
+patches, the garbage collector follows our owner references, the HPA controller scales
+what we leave to it, and the real `fraudmodel-operator run` resumes after SIGKILL.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from tests.cluster.conftest import REPO_ROOT, Cluster
+
+pytestmark = pytest.mark.cluster
+
+EXAMPLES = REPO_ROOT / "examples"
+VALID = sorted(p for p in EXAMPLES.glob("*.yaml") if "kind: FraudModel" in p.read_text())
+INVALID = sorted((EXAMPLES / "invalid").glob("*.yaml"))
+
+
+@pytest.fixture(scope="session")
+def crd(cluster: Cluster) -> None:
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO_ROOT / "crds" / "fraudmodel.yaml"))
+    cluster.kubectl("wait", "--for=condition=Established", "crd/fraudmodels.serving.riskml.io", "--timeout=60s")
+
+
+class Operator:
+    """The real `fraudmodel-operator run`, out of cluster, as a process we can kill."""
+
+    def __init__(self, cluster: Cluster, log: Path) -> None:
+        self.cluster = cluster
+        self.log = log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        env = {
+            **os.environ,
+            "KUBECONFIG": str(self.cluster.kubeconfig),
+            "PYTHONPATH": str(REPO_ROOT / "operator"),
+            "RECONCILE_INTERVAL": "2",
+        }
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "fraudmodel_operator.cli",
+                    "run",
+                    "--standalone",
+                    "--metrics-port",
+                    "0",
+                    "--liveness-port",
+                    "18091",
+                ],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+        self.proc.wait(timeout=30)
+        self.proc = None
+
+    def tail(self) -> str:
+        return self.log.read_text()[-3000:]
+
+
+@pytest.fixture(scope="session")
+def operator(cluster: Cluster, crd: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
+    op = Operator(cluster, tmp_path_factory.mktemp("operator") / "operator.log")
+    op.start()
+    try:
+        yield op
+    finally:
+        if op.proc is not None:
+            op.kill(signal.SIGTERM)
+
+
+def fraudmodel(name: str, version: str = "v1", **spec: Any) -> str:
+    body: dict[str, Any] = {
+        "apiVersion": "serving.riskml.io/v1alpha1",
+        "kind": "FraudModel",
+        "metadata": {"name": name},
+        "spec": {"model": {"name": "fraud-detector", "version": version, "image": f"fraud-detector:{version}"}, **spec},
+    }
+    return yaml.safe_dump(body)
+
+
+def status(cluster: Cluster, namespace: str, name: str) -> dict[str, Any]:
+    result: dict[str, Any] = cluster.get_json("fraudmodel", name, "-n", namespace).get("status") or {}
+    return result
+
+
+def wait_ready(cluster: Cluster, namespace: str, name: str, operator: Operator) -> None:
+    done = cluster.kubectl(
+        "wait",
+        "--for=condition=Ready",
+        f"fraudmodel/{name}",
+        "-n",
+        namespace,
+        "--timeout=120s",
+        check=False,
+        timeout=130,
+    )
+    assert done.returncode == 0, f"{done.stderr}\noperator log:\n{operator.tail()}"
+
+
+# ---------------------------------------------------------------- the API server's verdict
+
+
+@pytest.mark.parametrize("path", VALID, ids=[p.stem for p in VALID])
+def test_api_server_accepts_each_valid_example(cluster: Cluster, crd: None, path: Path) -> None:
+    doc = yaml.safe_load(path.read_text())
+    ns = doc["metadata"].get("namespace", "default")
+    cluster.kubectl("create", "namespace", ns, check=False)
+    result = cluster.kubectl("apply", "--dry-run=server", "-f", str(path), check=False)
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("path", INVALID, ids=[p.stem for p in INVALID])
+def test_api_server_rejects_each_invalid_example(cluster: Cluster, crd: None, path: Path) -> None:
+    expected = re.search(r"^# expect-message: (.+)$", path.read_text(), re.M)
+    assert expected is not None
+    result = cluster.kubectl("apply", "--dry-run=server", "-f", str(path), check=False)
+    assert result.returncode != 0, f"{path.name} was accepted"
+    assert expected.group(1).strip().lower() in result.stderr.lower(), result.stderr
+
+
+# ---------------------------------------------------------------- the operator, for real
+
+
+def test_operator_reconciles_an_example_to_ready(cluster: Cluster, operator: Operator, namespace: str) -> None:
+    cluster.apply(fraudmodel("bot", serving={"replicas": 2}), namespace)
+    wait_ready(cluster, namespace, "bot", operator)
+    fm = cluster.get_json("fraudmodel", "bot", "-n", namespace, "--show-managed-fields")
+    uid = fm["metadata"]["uid"]
+    children = cluster.get_json("deployments,services,poddisruptionbudgets", "-n", namespace, "--show-managed-fields")[
+        "items"
+    ]
+    names = sorted(f"{c['kind']}/{c['metadata']['name']}" for c in children)
+    assert names == ["Deployment/bot-stable", "PodDisruptionBudget/bot-stable", "Service/bot", "Service/bot-stable"]
+    for child in children:
+        owner = child["metadata"]["ownerReferences"][0]
+        assert (owner["uid"], owner["controller"]) == (uid, True)
+        managers = {(f["manager"], f["operation"]) for f in child["metadata"]["managedFields"]}
+        assert ("fraudmodel-operator", "Apply") in managers, managers
+    deployment = cluster.get_json("deployment", "bot-stable", "-n", namespace)
+    available = {c["type"]: c["status"] for c in deployment["status"]["conditions"]}
+    assert available["Available"] == "True", "kwok nodes ran the pods"
+    row = cluster.kubectl("get", "fraudmodel", "bot", "-n", namespace, "--no-headers").stdout.split()
+    assert row[:3] == ["bot", "Ready", "v1"], row
+    assert fm["status"]["observedGeneration"] == fm["metadata"]["generation"]
+    ours = [f for f in fm["metadata"]["managedFields"] if not f["manager"].startswith("kubectl")]
+    assert ours, "the operator's status writes are recorded"
+    assert all(f.get("subresource") == "status" or "f:spec" not in json.dumps(f) for f in ours), ours
+    events = cluster.get_json("events", "-n", namespace, "--field-selector", "involvedObject.name=bot")["items"]
+    assert {"Deploying", "Ready"} <= {e["reason"] for e in events}
+
+
+def test_child_deleted_by_hand_comes_back_and_deletion_collects_children(
+    cluster: Cluster, operator: Operator, namespace: str
+) -> None:
+    cluster.apply(fraudmodel("gc"), namespace)
+    wait_ready(cluster, namespace, "gc", operator)
+    old_uid = cluster.get_json("service", "gc-stable", "-n", namespace)["metadata"]["uid"]
+    cluster.kubectl("delete", "service", "gc-stable", "-n", namespace)
+    cluster.wait_until(
+        "the Service to be recreated",
+        lambda: (
+            (
+                cluster.kubectl(
+                    "get", "service", "gc-stable", "-n", namespace, "-o", "jsonpath={.metadata.uid}", check=False
+                ).stdout
+                or ""
+            )
+            not in ("", old_uid)
+        ),
+        timeout=60,
+    )
+    cluster.kubectl("delete", "fraudmodel", "gc", "-n", namespace, "--timeout=60s", timeout=70)
+    cluster.wait_until(
+        "every child to be garbage-collected",
+        lambda: not cluster.get_json("deployments,services,poddisruptionbudgets", "-n", namespace)["items"],
+        timeout=90,
+    )
+
+
+def test_hpa_scales_the_stable_track_and_the_operator_does_not_fight(
+    cluster: Cluster, operator: Operator, namespace: str
+) -> None:
+    cluster.apply(
+        fraudmodel(
+            "hot",
+            serving={
+                "autoscaling": {"minReplicas": 1, "maxReplicas": 4, "targetCpuUtilization": 50},
+                "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}},
+                "podAnnotations": {"kwok.x-k8s.io/usage-cpu": "150m"},  # 150% of the request
+            },
+        ),
+        namespace,
+    )
+    wait_ready(cluster, namespace, "hot", operator)
+    scaled = cluster.wait_until(
+        "the HPA to scale hot-stable above 1",
+        lambda: (cluster.get_json("deployment", "hot-stable", "-n", namespace)["spec"].get("replicas", 1) > 1) or None,
+        timeout=240,
+        interval=3,
+    )
+    assert scaled
+    for _ in range(5):  # several reconcile intervals: the replicas the HPA chose stay
+        time.sleep(2)
+        assert cluster.get_json("deployment", "hot-stable", "-n", namespace)["spec"]["replicas"] > 1
+
+
+def test_sigkill_mid_rollout_resumes_at_the_same_step(cluster: Cluster, operator: Operator, namespace: str) -> None:
+    rollout = {
+        "steps": [20, 60],
+        "interval": "5s",
+        "progressDeadline": "1h",
+        "analysis": {"prometheus": {"address": "http://127.0.0.1:9"}, "inconclusiveLimit": 1000},
+    }
+    cluster.apply(fraudmodel("resume", rollout=rollout), namespace)
+    wait_ready(cluster, namespace, "resume", operator)
+    cluster.apply(fraudmodel("resume", "v2", rollout=rollout), namespace)
+    before = cluster.wait_until(
+        "the canary at its first step",
+        lambda: (
+            (status(cluster, namespace, "resume").get("canary") or {}).get("weight") == 20
+            and status(cluster, namespace, "resume")
+        ),
+        timeout=120,
+    )
+    operator.kill(signal.SIGKILL)
+    operator.start()
+    cluster.wait_until(
+        "the restarted operator to analyse again",
+        lambda: (
+            (status(cluster, namespace, "resume").get("canary") or {}).get("analyzedAt")
+            != before["canary"].get("analyzedAt")
+            or None
+        ),
+        timeout=60,
+    )
+    after = status(cluster, namespace, "resume")
+    for key in ("version", "step", "weight", "startedAt", "stepStartedAt"):
+        assert after["canary"][key] == before["canary"][key], key
+    assert after["lastAnalysis"]["verdict"] == "Inconclusive", "Prometheus is unreachable: never a pass"
+    assert after["stable"]["version"] == "v1"
