@@ -52,6 +52,9 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if not args.verbose:  # one line per watch event and per HTTP request is noise in production
+        for chatty in ("kopf.objects", "httpx", "httpx2"):
+            logging.getLogger(chatty).setLevel(logging.WARNING)
     from fraudmodel_operator import runner  # imports kopf and registers the handlers
 
     asyncio.run(runner.run(config))
