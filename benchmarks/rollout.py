@@ -1,0 +1,157 @@
+"""Rollout benchmark with real processes: time to roll back a regression, and false rollbacks.
+
+    .venv/bin/python benchmarks/rollout.py [--healthy 5] [--regressed 3]
+
+Each run is the integration tier's world: the Kopf operator (kmock API), Prometheus from
+Debian's package scraping two BentoML servers of the bento, and traffic split at the weight
+the operator writes. Traffic is noisy: its rate wanders between 20 and 100 requests per
+second. Needs `prometheus` on PATH and the bento's environment (./scripts/test sets both up).
+
+Prints, per run, the outcome and timings, then:
+- time from regression onset (the canary's first traffic) to rollback, against the
+  target interval x failureLimit + interval;
+- false rollbacks over the healthy runs (target: zero).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).parents[1]))
+sys.path.insert(0, str(Path(__file__).parents[1] / "operator"))
+
+from tests.integration.conftest import (
+    BENTO,
+    GOOD,
+    GOOD_NEXT,
+    MISCALIBRATED,
+    Bento,
+    Prometheus,
+    Servers,
+    free_port,
+)
+from tests.integration.test_rollout_real import fraudmodel, play_deployment_controller
+from tests.kopf_harness import FM, Harness, eventually, operator_harness
+
+from fraudmodel_operator.api import FraudModel, parse_duration
+from fraudmodel_operator.prometheus import PrometheusProvider
+
+INTERVAL, FAILURE_LIMIT = 5.0, 2
+
+
+async def noisy_traffic(harness: Harness, urls: dict[str, str], bodies: list[dict[str, Any]]) -> None:
+    rng = random.Random()
+    rate = 60.0
+    async with httpx.AsyncClient(timeout=5) as client:
+        i = 0
+        while True:
+            rate = min(100.0, max(20.0, rate + rng.uniform(-10, 10)))
+            canary = harness.status("bot").get("canary") or {}
+            weight = canary.get("weight", 0) if canary.get("version") else 0
+            track = "canary" if rng.random() * 100 < weight else "stable"
+            body = bodies[i % len(bodies)]
+            i += 1
+            asyncio.get_running_loop().create_task(_post(client, f"{urls[track]}/predict", body))
+            await asyncio.sleep(1 / rate)
+
+
+async def _post(client: httpx.AsyncClient, url: str, body: dict[str, Any]) -> None:
+    with contextlib.suppress(httpx.HTTPError):
+        await client.post(url, json=body)
+
+
+async def one_run(bento: Bento, canary_version: str, workdir: Path) -> dict[str, Any]:
+    servers = Servers(bento, workdir)
+    port = free_port()
+    prom = Prometheus(f"http://127.0.0.1:{port}", workdir / "prometheus.yml", workdir / "tsdb", port)
+    try:
+        stable = servers.start(GOOD, "stable")
+        canary = servers.start(canary_version, "canary")
+        prom.scrape({"stable": stable.port, "canary": canary.port})
+        prom.start()
+        bodies = bento.payloads(3000, seed=random.randrange(1_000_000))
+        async with httpx.AsyncClient() as http:
+
+            def provider_for(fm: FraudModel) -> PrometheusProvider:
+                p = fm.spec.rollout.analysis.prometheus
+                return PrometheusProvider(http, p.address, parse_duration(p.timeout))
+
+            async with operator_harness(provider_for) as harness:
+                urls = {"stable": stable.url, "canary": canary.url}
+                tasks = [
+                    asyncio.create_task(play_deployment_controller(harness)),
+                    asyncio.create_task(noisy_traffic(harness, urls, bodies)),
+                ]
+                try:
+                    await harness.create(fraudmodel(GOOD, prom.url))
+                    await eventually(lambda: harness.status("bot").get("phase") == "Ready", within=60)
+                    spec = fraudmodel(canary_version, prom.url)["spec"]
+                    await harness.patch(FM, "bot", {"spec": spec, "metadata": {"generation": 2}})
+                    started = time.monotonic()
+                    onset = None
+                    deadline = started + 240
+                    while time.monotonic() < deadline:
+                        status = harness.status("bot")
+                        if onset is None and (status.get("canary") or {}).get("weight", 0) > 0:
+                            onset = time.monotonic()
+                        if status.get("phase") == "RolledBack":
+                            reason = next(c["reason"] for c in status["conditions"] if c["type"] == "Degraded")
+                            return {
+                                "outcome": "RolledBack",
+                                "reason": reason,
+                                "onset_to_end": time.monotonic() - (onset or started),
+                            }
+                        if status.get("stable", {}).get("version") == canary_version:
+                            return {"outcome": "Promoted", "onset_to_end": time.monotonic() - (onset or started)}
+                        await asyncio.sleep(0.1)
+                    return {"outcome": "Timeout", "onset_to_end": None}
+                finally:
+                    for task in tasks:
+                        task.cancel()
+                    await asyncio.gather(*tasks, return_exceptions=True)
+    finally:
+        prom.stop()
+        servers.stop_all()
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--healthy", type=int, default=5)
+    parser.add_argument("--regressed", type=int, default=3)
+    args = parser.parse_args()
+    bento = Bento(str(BENTO / ".venv" / "bin" / "python"), BENTO / ".bentoml")
+    results: dict[str, list[dict[str, Any]]] = {"healthy": [], "regressed": []}
+    for kind, version, count in (("regressed", MISCALIBRATED, args.regressed), ("healthy", GOOD_NEXT, args.healthy)):
+        for i in range(count):
+            with tempfile.TemporaryDirectory() as tmp:
+                result = await one_run(bento, version, Path(tmp))
+            results[kind].append(result)
+            print(f"{kind} run {i + 1}/{count}: {result}", flush=True)
+    target = INTERVAL * FAILURE_LIMIT + INTERVAL
+    times = [r["onset_to_end"] for r in results["regressed"] if r["outcome"] == "RolledBack"]
+    print(f"\nregressed ({MISCALIBRATED}): {len(times)}/{len(results['regressed'])} rolled back")
+    if times:
+        print(
+            f"  onset -> rollback: median {statistics.median(times):.1f}s, max {max(times):.1f}s "
+            f"(target <= interval {INTERVAL:.0f}s x failureLimit {FAILURE_LIMIT} + interval = {target:.0f}s)"
+        )
+    false = sum(1 for r in results["healthy"] if r["outcome"] != "Promoted")
+    durations = [r["onset_to_end"] for r in results["healthy"] if r["outcome"] == "Promoted"]
+    print(f"healthy ({GOOD_NEXT}): {false} false rollbacks or stalls out of {len(results['healthy'])} runs")
+    if durations:
+        print(f"  onset -> promotion: median {statistics.median(durations):.1f}s")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
