@@ -11,8 +11,10 @@ It does three things BentoML alone does not:
 2. **One batching queue.** A single transaction sent to ``/predict`` is passed
    on as a batch of one to the batchable ``/predict_batch`` API, so single and
    batch requests share BentoML's adaptive batching; the answer is unwrapped.
-3. **Deliberate overload.** Requests beyond ``max_inflight`` per worker are
-   shed at once (a bounded queue keeps latency bounded), and, when adaptive
+3. **Deliberate overload.** Requests beyond ``max_inflight`` per worker, and
+   requests that waited in the event loop longer than ``max_queue_ms`` before
+   their turn, are shed at once (admitted requests keep a bounded latency);
+   and, when adaptive
    batching is on, requests that BentoML's dispatcher drops because they
    cannot meet the latency budget (its 503 "process is overloaded") are
    rewritten to the same documented 503 with ``Retry-After``; both are counted
@@ -173,6 +175,7 @@ class EdgeMiddleware:
         self.settings = settings
         self.metrics = metrics
         self.inflight = 0
+        self.max_queue_s = settings.max_queue_ms / 1000.0
         self._shed_body = json.dumps(
             {
                 "error": "overloaded",
@@ -194,12 +197,19 @@ class EdgeMiddleware:
             return
         self.inflight += 1
         try:
-            # Let every request that has already arrived reach this point
-            # before any is processed: a request runs to completion without
-            # suspending, so without this yield requests waiting in the event
-            # loop would never count as in flight and overload would only
-            # show up as unbounded latency.
+            # Yield once, so that every request that has already arrived
+            # reaches this point before any is processed (a request otherwise
+            # runs to completion without suspending and the others would never
+            # count as in flight), and measure how long this one then waited
+            # behind them: the event loop's queueing delay.
+            loop = asyncio.get_running_loop()
+            queued_at = loop.time()
             await asyncio.sleep(0)
+            # Only a wait behind other requests counts: a lone request delayed
+            # because the machine descheduled the process is not overload.
+            if self.inflight > 1 and loop.time() - queued_at > self.max_queue_s:
+                await self._shed(send, metrics)
+                return
             await self._handle(scope, receive, send, path, metrics)
         finally:
             self.inflight -= 1

@@ -57,6 +57,9 @@ class Settings:
     # About 20 ms of work at the measured ~1 700 req/s of one worker: a queue
     # longer than that only adds latency.
     max_inflight: int = 32
+    # Per request: longest wait in the worker's event loop before its turn;
+    # a request that waited longer is shed rather than served late.
+    max_queue_ms: int = 20
     retry_after_seconds: int = 1
 
     @classmethod
@@ -87,5 +90,6 @@ class Settings:
             max_latency_ms=_int(e, "FRAUDMODEL_MAX_LATENCY_MS", cls.max_latency_ms, 1),
             max_body_bytes=_int(e, "FRAUDMODEL_MAX_BODY_BYTES", cls.max_body_bytes, 1024),
             max_inflight=_int(e, "FRAUDMODEL_MAX_INFLIGHT", cls.max_inflight, 1),
+            max_queue_ms=_int(e, "FRAUDMODEL_MAX_QUEUE_MS", cls.max_queue_ms, 1),
             retry_after_seconds=_int(e, "FRAUDMODEL_RETRY_AFTER_SECONDS", cls.retry_after_seconds, 1),
         )
