@@ -1,5 +1,6 @@
 # shellcheck shell=bash
 # Shared helpers for scripts/cluster/{build,up,down,env}. Source, do not execute.
+# shellcheck disable=SC2034 # the variables are used by the sourcing scripts
 
 CLUSTER_SCRIPTS_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO_ROOT=$(cd "$CLUSTER_SCRIPTS_DIR/../.." && pwd)

@@ -41,6 +41,8 @@ class Cluster:
 
     kubeconfig: Path
     kubectl_binary: str
+    #: Component logs (kwok runtime, when the fixture started the cluster), else None.
+    logs_dir: Path | None = None
 
     def kubectl(
         self, *args: str, check: bool = True, stdin: str | None = None, timeout: float = 60
@@ -65,8 +67,17 @@ class Cluster:
         self.kubectl("apply", *ns, "-f", "-", stdin=manifest)
 
     @staticmethod
-    def wait_until(what: str, probe: Callable[[], T | None], timeout: float = 120, interval: float = 1) -> T:
-        """Poll ``probe`` until it returns something truthy; fail naming ``what`` at the deadline."""
+    def wait_until(
+        what: str,
+        probe: Callable[[], T | None],
+        timeout: float = 120,
+        interval: float = 1,
+        diagnose: Callable[[], str] | None = None,
+    ) -> T:
+        """Poll ``probe`` until it returns something truthy; fail naming ``what`` at the deadline.
+
+        ``diagnose``, if given, is called on timeout and its text added to the failure.
+        """
         deadline = time.monotonic() + timeout
         last: T | None = None
         while time.monotonic() < deadline:
@@ -74,7 +85,15 @@ class Cluster:
             if last:
                 return last
             time.sleep(interval)
-        pytest.fail(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
+        details = f"\n{diagnose()}" if diagnose else ""
+        pytest.fail(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r}){details}")
+
+    def log_tail(self, component: str, lines: int = 20) -> str:
+        """The end of a component's log (e.g. "metrics-server"), for failure messages."""
+        if self.logs_dir is None or not (self.logs_dir / f"{component}.log").exists():
+            return f"(no {component} log)"
+        text = (self.logs_dir / f"{component}.log").read_text(errors="replace")
+        return "\n".join(text.splitlines()[-lines:])
 
 
 def _bin_dir() -> Path | None:
@@ -96,6 +115,10 @@ def _bin_dir() -> Path | None:
         check=False,
     )
     return Path(result.stdout.strip()) if result.returncode == 0 else None
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("FRAUDMODEL_CACHE", Path.home() / ".cache" / "fraudmodel-operator"))
 
 
 def _kubectl_binary(bin_dir: Path | None) -> str:
@@ -132,7 +155,11 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     try:
         if up.returncode != 0:
             pytest.fail(f"scripts/cluster/up failed ({up.returncode}):\n{up.stderr[-4000:]}")
-        yield Cluster(kubeconfig=kubeconfig, kubectl_binary=_kubectl_binary(_bin_dir()))
+        yield Cluster(
+            kubeconfig=kubeconfig,
+            kubectl_binary=_kubectl_binary(_bin_dir()),
+            logs_dir=_cache_dir() / "kwok" / "clusters" / TEST_CLUSTER_NAME / "logs",
+        )
     finally:
         if not os.environ.get("FRAUDMODEL_KEEP_CLUSTER"):
             subprocess.run(

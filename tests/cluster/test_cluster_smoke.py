@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 if TYPE_CHECKING:
-    from conftest import Cluster
+    from tests.cluster.conftest import Cluster
 
 pytestmark = pytest.mark.cluster
 
@@ -116,7 +116,13 @@ def test_hpa_scales_on_simulated_cpu_usage(cluster: Cluster, namespace: str) -> 
         items = json.loads(raw.stdout)["items"]
         return [c["usage"]["cpu"] for item in items for c in item["containers"]] or None
 
-    usages = cluster.wait_until("pod metrics from metrics-server", pod_cpu_usages, timeout=180, interval=3)
+    usages = cluster.wait_until(
+        "pod metrics from metrics-server",
+        pod_cpu_usages,
+        timeout=180,
+        interval=3,
+        diagnose=lambda: "metrics-server log:\n" + cluster.log_tail("metrics-server"),
+    )
     assert all(150 <= _millicores(u) <= 250 for u in usages), usages
 
     scaled = cluster.wait_until(
