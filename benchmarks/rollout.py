@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import random
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,18 +31,10 @@ import httpx
 sys.path.insert(0, str(Path(__file__).parents[1]))
 sys.path.insert(0, str(Path(__file__).parents[1] / "operator"))
 
-from tests.integration.conftest import (
-    BENTO,
-    GOOD,
-    GOOD_NEXT,
-    MISCALIBRATED,
-    Bento,
-    Prometheus,
-    Servers,
-    free_port,
-)
+from scripts.dataplane import BENTO, Bento, Prometheus, Servers, canary_weight, send_traffic
+from tests.integration.conftest import GOOD, GOOD_NEXT, MISCALIBRATED
 from tests.integration.test_rollout_real import fraudmodel, play_deployment_controller
-from tests.kopf_harness import FM, Harness, eventually, operator_harness
+from tests.kopf_harness import FM, eventually, operator_harness
 
 from fraudmodel_operator.api import FraudModel, parse_duration
 from fraudmodel_operator.prometheus import PrometheusProvider
@@ -50,31 +42,20 @@ from fraudmodel_operator.prometheus import PrometheusProvider
 INTERVAL, FAILURE_LIMIT = 5.0, 2
 
 
-async def noisy_traffic(harness: Harness, urls: dict[str, str], bodies: list[dict[str, Any]]) -> None:
-    rng = random.Random()
-    rate = 60.0
-    async with httpx.AsyncClient(timeout=5) as client:
-        i = 0
-        while True:
-            rate = min(100.0, max(20.0, rate + rng.uniform(-10, 10)))
-            canary = harness.status("bot").get("canary") or {}
-            weight = canary.get("weight", 0) if canary.get("version") else 0
-            track = "canary" if rng.random() * 100 < weight else "stable"
-            body = bodies[i % len(bodies)]
-            i += 1
-            asyncio.get_running_loop().create_task(_post(client, f"{urls[track]}/predict", body))
-            await asyncio.sleep(1 / rate)
+def noisy_rate(rng: random.Random) -> Callable[[], float]:
+    """A request rate wandering between 20 and 100 per second."""
+    rate = [60.0]
 
+    def next_rate() -> float:
+        rate[0] = min(100.0, max(20.0, rate[0] + rng.uniform(-10, 10)))
+        return rate[0]
 
-async def _post(client: httpx.AsyncClient, url: str, body: dict[str, Any]) -> None:
-    with contextlib.suppress(httpx.HTTPError):
-        await client.post(url, json=body)
+    return next_rate
 
 
 async def one_run(bento: Bento, canary_version: str, workdir: Path) -> dict[str, Any]:
-    servers = Servers(bento, workdir)
-    port = free_port()
-    prom = Prometheus(f"http://127.0.0.1:{port}", workdir / "prometheus.yml", workdir / "tsdb", port)
+    servers = Servers(bento, workdir / "servers")
+    prom = Prometheus(workdir / "prometheus")
     try:
         stable = servers.start(GOOD, "stable")
         canary = servers.start(canary_version, "canary")
@@ -91,7 +72,15 @@ async def one_run(bento: Bento, canary_version: str, workdir: Path) -> dict[str,
                 urls = {"stable": stable.url, "canary": canary.url}
                 tasks = [
                     asyncio.create_task(play_deployment_controller(harness)),
-                    asyncio.create_task(noisy_traffic(harness, urls, bodies)),
+                    asyncio.create_task(
+                        send_traffic(
+                            lambda: canary_weight(harness.status("bot")),
+                            urls,
+                            bodies,
+                            rps=noisy_rate(random.Random()),
+                            seed=random.randrange(1_000_000),
+                        )
+                    ),
                 ]
                 try:
                     await harness.create(fraudmodel(GOOD, prom.url))

@@ -9,16 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
+from scripts.dataplane import Bento, Prometheus, Servers, canary_weight, send_traffic
 
 from fraudmodel_operator.api import FraudModel, parse_duration
 from fraudmodel_operator.prometheus import PrometheusProvider
-from tests.integration.conftest import GOOD, GOOD_NEXT, MISCALIBRATED, Bento, Prometheus, Servers
+from tests.integration.conftest import GOOD, GOOD_NEXT, MISCALIBRATED
 from tests.kopf_harness import DEPLOYMENTS, FM, Harness, eventually, operator_harness
 
 pytestmark = pytest.mark.integration
@@ -63,26 +63,6 @@ async def play_deployment_controller(harness: Harness) -> None:
         await asyncio.sleep(0.2)
 
 
-async def send_traffic(harness: Harness, urls: dict[str, str], bodies: list[dict[str, Any]]) -> None:
-    """Open-loop traffic at RPS, each request to the canary with probability = its current weight."""
-    rng = random.Random(42)
-    async with httpx.AsyncClient(timeout=5) as client:
-        i = 0
-        while True:
-            canary = harness.status("bot").get("canary") or {}
-            weight = canary.get("weight", 0) if canary.get("version") else 0
-            track = "canary" if rng.random() * 100 < weight else "stable"
-            body = bodies[i % len(bodies)]
-            i += 1
-            asyncio.get_running_loop().create_task(_post(client, f"{urls[track]}/predict", body))
-            await asyncio.sleep(1 / RPS)
-
-
-async def _post(client: httpx.AsyncClient, url: str, body: dict[str, Any]) -> None:
-    with contextlib.suppress(httpx.HTTPError):
-        await client.post(url, json=body)
-
-
 @contextlib.asynccontextmanager
 async def rollout_world(
     bento: Bento, servers: Servers, prometheus: Prometheus, canary_version: str
@@ -98,10 +78,11 @@ async def rollout_world(
         prom = fm.spec.rollout.analysis.prometheus
         return PrometheusProvider(http, prom.address, parse_duration(prom.timeout))
 
+    urls = {"stable": stable.url, "canary": canary.url}
     async with operator_harness(provider_for) as harness:
         tasks = [
             asyncio.create_task(play_deployment_controller(harness)),
-            asyncio.create_task(send_traffic(harness, {"stable": stable.url, "canary": canary.url}, bodies)),
+            asyncio.create_task(send_traffic(lambda: canary_weight(harness.status("bot")), urls, bodies, rps=RPS)),
         ]
         try:
             await harness.create(fraudmodel(GOOD, prometheus.url))

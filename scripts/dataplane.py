@@ -1,0 +1,291 @@
+"""The local data plane: real BentoML servers of two model versions, real Prometheus, real traffic.
+
+Used by the demo (`./scripts/demo`), the integration and cluster tiers and the rollout
+benchmark. Each track is a BentoML server of `bentos/fraud_detector` on a loopback port;
+Prometheus (Debian's package) scrapes both every second with the labels the chart's
+PodMonitor sets (`fraudmodel`, `namespace`, `track`); traffic goes to the canary with the
+probability of the weight the operator wrote into the FraudModel's status.
+
+    .venv/bin/python scripts/dataplane.py --stable v1 --canary v2-miscalibrated \\
+        --fraudmodel fraud-detector --namespace default --state DIR
+
+writes DIR/prometheus-url once Prometheus is ready, then sends traffic (weights read
+with kubectl) until stopped or `--seconds` pass.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+BENTO = ROOT / "bentos" / "fraud_detector"
+# Model versions the tiers use, and how to train each (bentos/fraud_detector: python -m fraud_detector.train).
+MODELS: dict[str, list[str]] = {
+    "v1": [],
+    "v2": ["--seed", "7"],
+    "v2-miscalibrated": ["--regressed", "miscalibrated"],
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def wait_http(url: str, within: float, proc: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process for {url} exited with {proc.returncode}")
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"{url} not ready within {within}s")
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@dataclass
+class Bento:
+    """The bento's environment and model store."""
+
+    python: str = str(BENTO / ".venv" / "bin" / "python")
+    home: Path = BENTO / ".bentoml"
+
+    def env(self, **extra: str) -> dict[str, str]:
+        return {**os.environ, "BENTOML_HOME": str(self.home), "BENTOML_DO_NOT_TRACK": "true", **extra}
+
+    def train(self, versions: list[str]) -> None:
+        """Train the versions missing from the store (well under a minute each on a CPU)."""
+        for version in versions:
+            if not (self.home / "models" / "fraud_detector" / version).exists():
+                cmd = [self.python, "-m", "fraud_detector.train", "--version", version, *MODELS[version]]
+                subprocess.run(cmd, cwd=BENTO, env=self.env(), check=True)
+
+    def payloads(self, count: int, seed: int) -> list[dict[str, Any]]:
+        """Realistic transactions from the bento's own generator."""
+        code = (
+            "import json, sys; from fraud_detector.data import payloads; "
+            f"json.dump(payloads({count}, {seed}), sys.stdout)"
+        )
+        out = subprocess.run([self.python, "-c", code], cwd=BENTO, env=self.env(), capture_output=True, check=True)
+        result: list[dict[str, Any]] = json.loads(out.stdout)
+        return result
+
+
+@dataclass
+class Server:
+    url: str
+    port: int
+    proc: subprocess.Popen[bytes]
+
+
+@dataclass
+class Servers:
+    """BentoML servers started on demand, stopped together."""
+
+    bento: Bento
+    root: Path
+    started: list[Server] = field(default_factory=list)
+
+    def start(self, version: str, track: str, name: str = "fraud_detector") -> Server:
+        port = free_port()
+        # One BENTOML_HOME per server, sharing the model store: BentoML keeps its Prometheus
+        # multiprocess files under BENTOML_HOME and wipes them at start, so two servers on one
+        # home would export each other's metrics (pods never share it).
+        home = self.root / f"bentoml-{port}"
+        home.mkdir(parents=True)
+        (home / "models").symlink_to(self.bento.home / "models")
+        env = self.bento.env(
+            BENTOML_HOME=str(home),
+            FRAUDMODEL_NAME=name,
+            FRAUDMODEL_VERSION=version,
+            FRAUDMODEL_TRACK=track,
+            FRAUDMODEL_MODEL_TAG=f"fraud_detector:{version}",
+        )
+        cmd = [self.bento.python, "-m", "bentoml", "serve", "fraud_detector.service:FraudDetector"]
+        proc = subprocess.Popen(
+            [*cmd, "--host", "127.0.0.1", "--port", str(port)],
+            cwd=BENTO,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=sys.stderr,
+            start_new_session=True,
+        )
+        server = Server(f"http://127.0.0.1:{port}", port, proc)
+        self.started.append(server)
+        wait_http(f"{server.url}/readyz", 120, proc)
+        return server
+
+    def stop_all(self) -> None:
+        for server in self.started:
+            stop(server.proc)
+
+
+@dataclass
+class Prometheus:
+    """Debian's Prometheus scraping the tracks every second."""
+
+    root: Path
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def scrape(self, targets: dict[str, int], fraudmodel: str = "bot", namespace: str = "default") -> None:
+        """Scrape each track's server, labelled as the chart's PodMonitor labels pods."""
+        jobs = [
+            {
+                "targets": [f"127.0.0.1:{port}"],
+                "labels": {"track": track, "fraudmodel": fraudmodel, "namespace": namespace},
+            }
+            for track, port in targets.items()
+        ]
+        config = {
+            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+            "scrape_configs": [{"job_name": "bento", "static_configs": jobs}],
+        }
+        self.root.mkdir(parents=True, exist_ok=True)
+        (self.root / "prometheus.yml").write_text(yaml.safe_dump(config))
+
+    def start(self) -> None:
+        binary = shutil.which("prometheus")
+        if binary is None:
+            raise RuntimeError("prometheus is not installed (Debian package `prometheus`)")
+        self.proc = subprocess.Popen(
+            [
+                binary,
+                f"--config.file={self.root / 'prometheus.yml'}",
+                f"--storage.tsdb.path={self.root / 'tsdb'}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+                "--log.level=warn",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        wait_http(f"{self.url}/-/ready", 60, self.proc)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop(self.proc)
+            self.proc = None
+
+
+async def send_traffic(
+    weight: Callable[[], int],
+    urls: dict[str, str],
+    bodies: list[dict[str, Any]],
+    rps: float | Callable[[], float] = 60.0,
+    seed: int = 42,
+) -> None:
+    """Open-loop traffic at `rps` (a rate, or a function giving the next one); each request
+    goes to the canary with probability weight()/100."""
+    rng = random.Random(seed)
+    rate = rps if callable(rps) else (lambda: float(rps))
+    async with httpx.AsyncClient(timeout=5) as client:
+        i = 0
+        while True:
+            track = "canary" if rng.random() * 100 < weight() else "stable"
+            body = bodies[i % len(bodies)]
+            i += 1
+            asyncio.get_running_loop().create_task(_post(client, f"{urls[track]}/predict", body))
+            await asyncio.sleep(1 / rate())
+
+
+async def _post(client: httpx.AsyncClient, url: str, body: dict[str, Any]) -> None:
+    with contextlib.suppress(httpx.HTTPError):
+        await client.post(url, json=body)
+
+
+def canary_weight(status: dict[str, Any]) -> int:
+    """The weight traffic should follow: the canary's, while one runs."""
+    canary = status.get("canary") or {}
+    return int(canary.get("weight", 0)) if canary.get("version") else 0
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--stable", default="v1")
+    parser.add_argument("--canary", default="v2-miscalibrated")
+    parser.add_argument("--fraudmodel", default="fraud-detector")
+    parser.add_argument("--namespace", default="default")
+    parser.add_argument("--state", type=Path, required=True, help="directory for Prometheus data and the URL file")
+    parser.add_argument("--rps", type=float, default=60.0)
+    parser.add_argument("--seconds", type=float, default=1800.0)
+    args = parser.parse_args()
+    bento = Bento()
+    bento.train([args.stable, args.canary])
+    servers = Servers(bento, args.state / "servers")
+    prometheus = Prometheus(args.state / "prometheus")
+    weight = 0
+
+    async def follow_weight() -> None:
+        nonlocal weight
+        while True:
+            proc = await asyncio.create_subprocess_exec(
+                "kubectl", "get", "fraudmodel", args.fraudmodel, "-n", args.namespace, "-o", "json",
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+            )  # fmt: skip
+            out, _ = await proc.communicate()
+            if proc.returncode == 0:
+                weight = canary_weight(json.loads(out).get("status") or {})
+            await asyncio.sleep(0.5)
+
+    try:
+        stable = servers.start(args.stable, "stable", args.fraudmodel)
+        canary = servers.start(args.canary, "canary", args.fraudmodel)
+        prometheus.scrape({"stable": stable.port, "canary": canary.port}, args.fraudmodel, args.namespace)
+        prometheus.start()
+        (args.state / "prometheus-url").write_text(prometheus.url)
+        print(f"data plane up: stable {args.stable} at {stable.url}, canary {args.canary} at {canary.url}, "
+              f"Prometheus at {prometheus.url}", flush=True)  # fmt: skip
+        bodies = bento.payloads(3000, seed=99)
+        urls = {"stable": stable.url, "canary": canary.url}
+        tasks = [
+            asyncio.create_task(follow_weight()),
+            asyncio.create_task(send_traffic(lambda: weight, urls, bodies, args.rps)),
+        ]
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.gather(*tasks), timeout=args.seconds)
+    finally:
+        prometheus.stop()
+        servers.stop_all()
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(main())
