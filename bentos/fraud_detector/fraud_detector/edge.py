@@ -123,9 +123,7 @@ def validate_body(path: str, body: bytes, settings: Settings) -> int:
         raise _reject(422, "wrong_type", "$", 'body must be {"transactions": [...]}')
     for key in payload:
         if key != "transactions":
-            raise _reject(
-                422, "unknown_field", _path("", (key,)), "unexpected field; the body has only 'transactions'"
-            )
+            raise _reject(422, "unknown_field", _path("", (key,)), "unexpected field; the body has only 'transactions'")
     if "transactions" not in payload:
         raise _reject(422, "missing_field", "transactions", "Field required")
     items = payload["transactions"]
@@ -218,18 +216,14 @@ class EdgeMiddleware:
         metrics.shed.inc()
         await _respond(send, 503, self._shed_body, (self._retry_after,))
 
-    async def _handle(
-        self, scope: Scope, receive: Receive, send: Send, path: str, metrics: ServiceMetrics
-    ) -> None:
+    async def _handle(self, scope: Scope, receive: Receive, send: Send, path: str, metrics: ServiceMetrics) -> None:
         try:
             ctype = dict(scope.get("headers") or []).get(b"content-type", b"application/json")
             if ctype.split(b";")[0].strip().lower() != b"application/json":
                 raise _reject(415, "unsupported_media_type", "$", "send application/json")
             body = await _read_body(receive, self.settings.max_body_bytes)
             if body is None:
-                raise _reject(
-                    413, "batch_too_large", "$", f"body larger than {self.settings.max_body_bytes} bytes"
-                )
+                raise _reject(413, "batch_too_large", "$", f"body larger than {self.settings.max_body_bytes} bytes")
             count = validate_body(path, body, self.settings)
         except Rejection as rej:
             metrics.rejected(rej.reason)
@@ -241,9 +235,7 @@ class EdgeMiddleware:
 
         single = path == PREDICT
         forward_body = b'{"transactions":[' + body + b"]}" if single else body
-        headers = [
-            (k, v) for k, v in scope.get("headers") or [] if k not in (b"content-length", b"content-type")
-        ]
+        headers = [(k, v) for k, v in scope.get("headers") or [] if k not in (b"content-length", b"content-type")]
         headers += [
             (b"content-type", b"application/json"),
             (b"content-length", str(len(forward_body)).encode()),
@@ -276,9 +268,7 @@ class EdgeMiddleware:
 
         await self.app(inner_scope, inner_receive, inner_send)
 
-    async def _finish(
-        self, send: Send, start: Message, body: bytes, single: bool, metrics: ServiceMetrics
-    ) -> None:
+    async def _finish(self, send: Send, start: Message, body: bytes, single: bool, metrics: ServiceMetrics) -> None:
         status = int(start["status"])
         if status == 503:
             await self._shed(send, metrics)

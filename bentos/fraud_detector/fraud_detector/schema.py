@@ -98,9 +98,7 @@ class Transaction(BaseModel):
 
     model_config = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False, frozen=True)
 
-    transaction_id: str = Field(
-        min_length=1, max_length=ID_MAX_LENGTH, description="Caller's transaction id."
-    )
+    transaction_id: str = Field(min_length=1, max_length=ID_MAX_LENGTH, description="Caller's transaction id.")
     amount: float = _field("amount")
     txn_count_1h: int = _field("txn_count_1h")
     txn_count_24h: int = _field("txn_count_24h")

@@ -137,9 +137,7 @@ class FraudDetector:
         ``async`` on purpose: the model call takes tens of microseconds, less
         than a hop to a thread pool, so it runs on the event loop.
         """
-        rows = np.array(
-            [[getattr(t, name) for name in FEATURE_NAMES] for t in transactions], dtype=np.float32
-        )
+        rows = np.array([[getattr(t, name) for name in FEATURE_NAMES] for t in transactions], dtype=np.float32)
         scores = self.model.predict_proba(rows).tolist()
         self.metrics.observe(scores, self.threshold)
         return [

@@ -106,7 +106,16 @@ def start_server(store: Store, tmp_path_factory: pytest.TempPathFactory) -> Iter
 
     def start(target: str = "fraud_detector.service:FraudDetector", **env: str) -> Server:
         port = free_port()
-        log = tmp_path_factory.mktemp("server") / "server.log"
+        workdir = tmp_path_factory.mktemp("server")
+        log = workdir / "server.log"
+        # A BENTOML_HOME per server that shares the store's models and bentos:
+        # BentoML keeps its Prometheus multiprocess files under BENTOML_HOME and
+        # wipes them when a server starts, so servers must not share one.
+        home = workdir / "home"
+        home.mkdir()
+        for sub in ("models", "bentos"):
+            (store.home / sub).mkdir(exist_ok=True)
+            (home / sub).symlink_to(store.home / sub)
         with log.open("wb") as fh:
             proc = subprocess.Popen(
                 [
@@ -121,7 +130,7 @@ def start_server(store: Store, tmp_path_factory: pytest.TempPathFactory) -> Iter
                     str(port),
                 ],
                 cwd=BENTO_DIR,
-                env=store.env(**env),
+                env=_env(home, **env),
                 stdout=fh,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,

@@ -21,14 +21,8 @@ VALID = payloads(20, seed=31)
 FIELDS = ["transaction_id", *FEATURE_NAMES]
 
 json_values = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers()
-    | st.floats(allow_nan=True, allow_infinity=True)
-    | st.text(max_size=20),
-    lambda children: (
-        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4)
-    ),
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True, allow_infinity=True) | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4),
     max_leaves=10,
 )
 
@@ -47,9 +41,7 @@ def mutated(draw: st.DrawFn) -> dict[str, Any]:
         elif action == "add":
             body[draw(st.text(min_size=1, max_size=12))] = draw(json_values)
         else:
-            body[name] = draw(
-                st.sampled_from([0, -1, 1e308, -1e-308, 2**63, -(2**63), 10**30, "", "0", True, 23, 24])
-            )
+            body[name] = draw(st.sampled_from([0, -1, 1e308, -1e-308, 2**63, -(2**63), 10**30, "", "0", True, 23, 24]))
     return body
 
 

@@ -127,9 +127,7 @@ INVALID = [
 ]
 
 
-@pytest.mark.parametrize(
-    ("name", "path", "body", "status", "reason", "field"), INVALID, ids=[c[0] for c in INVALID]
-)
+@pytest.mark.parametrize(("name", "path", "body", "status", "reason", "field"), INVALID, ids=[c[0] for c in INVALID])
 def test_invalid_input_is_a_4xx_naming_the_field_and_counted(
     server: Server, name: str, path: str, body: Any, status: int, reason: str, field: str
 ) -> None:
@@ -187,9 +185,7 @@ def test_metrics_present_and_moving(server: Server) -> None:
 
 
 def test_regressed_model_as_stable_track_flags_more(start_server: StartServer, server: Server) -> None:
-    bad = start_server(
-        FRAUDMODEL_MODEL_TAG=f"fraud_detector:{BAD}"
-    )  # version and track from the model and default
+    bad = start_server(FRAUDMODEL_MODEL_TAG=f"fraud_detector:{BAD}")  # version and track from the model and default
     body = {"transactions": payloads(400, seed=2024)}
     good_out = post(server, "/predict_batch", body).json()
     bad_out = post(bad, "/predict_batch", body).json()
@@ -224,6 +220,4 @@ def test_overload_is_shed_with_503_and_retry_after(start_server: StartServer) ->
         assert r.json()["reason"] == "shed"
     labels = {"model_version": "v1-tight", "track": "stable"}
     assert metric(tight, "fraud_model_shed_requests_total", **labels) == len(shed)
-    assert metric(
-        tight, "bentoml_service_request_total", endpoint="/predict", http_response_code="503"
-    ) == len(shed)
+    assert metric(tight, "bentoml_service_request_total", endpoint="/predict", http_response_code="503") == len(shed)

@@ -86,9 +86,7 @@ def test_csv_round_trip(tmp_path: Path) -> None:
     assert to_dataset(table).fingerprint() == d.fingerprint()
 
 
-def test_training_refuses_bad_data_and_prints_report(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_training_refuses_bad_data_and_prints_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "bad.csv"
     write_csv(generate(1_000, seed=2), path)
     text = path.read_text().splitlines()
