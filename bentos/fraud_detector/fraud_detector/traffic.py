@@ -49,8 +49,8 @@ class Summary:
             "statuses": {str(k): v for k, v in sorted(self.statuses.items())},
             "decisions": dict(self.decisions),
             "transport_errors": self.errors,
-            "p50_ms": round(self.percentile(0.50), 2),
-            "p99_ms": round(self.percentile(0.99), 2),
+            "p50_ms": round(self.percentile(0.50), 2) if self.latencies_ms else None,
+            "p99_ms": round(self.percentile(0.99), 2) if self.latencies_ms else None,
         }
 
 
