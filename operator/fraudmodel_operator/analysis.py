@@ -178,7 +178,7 @@ def assess(
         lat = checks.latency
         q_name = f"p{round(lat.quantile * 100, 2):g}"
         c, s = canary.latency, stable.latency
-        limit = None if s is None else s * lat.max_ratio
+        limit = None if s is None else max(s * lat.max_ratio, s + lat.tolerance_seconds)
         if lat.max_seconds is not None:
             limit = lat.max_seconds if limit is None else min(limit, lat.max_seconds)
         threshold = f"<= {limit:.4g}s" if limit is not None else f"<= stable x {lat.max_ratio}"

@@ -321,6 +321,13 @@ class LatencyCheck(_Model):
     max_ratio: float = Field(
         default=1.5, ge=1.0, le=100.0, description="Fail when canary quantile > stable quantile x maxRatio."
     )
+    tolerance_seconds: float = Field(
+        default=0.01,
+        ge=0.0,
+        le=60.0,
+        description="Slowdowns up to this many seconds over the stable quantile never fail: a tail "
+        "quantile of a few hundred fast requests is noisy, and +10ms on a 8ms p99 is not a regression.",
+    )
     max_seconds: float | None = Field(
         default=None, gt=0, description="Optional absolute ceiling on the canary quantile, in seconds."
     )

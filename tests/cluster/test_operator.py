@@ -9,85 +9,21 @@ what we leave to it, and the real `fraudmodel-operator run` resumes after SIGKIL
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from tests.cluster.conftest import REPO_ROOT, Cluster
+from tests.cluster.conftest import REPO_ROOT, Cluster, Operator
 
 pytestmark = pytest.mark.cluster
 
 EXAMPLES = REPO_ROOT / "examples"
 VALID = sorted(p for p in EXAMPLES.glob("*.yaml") if "kind: FraudModel" in p.read_text())
 INVALID = sorted((EXAMPLES / "invalid").glob("*.yaml"))
-
-
-@pytest.fixture(scope="session")
-def crd(cluster: Cluster) -> None:
-    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO_ROOT / "crds" / "fraudmodel.yaml"))
-    cluster.kubectl("wait", "--for=condition=Established", "crd/fraudmodels.serving.riskml.io", "--timeout=60s")
-
-
-class Operator:
-    """The real `fraudmodel-operator run`, out of cluster, as a process we can kill."""
-
-    def __init__(self, cluster: Cluster, log: Path) -> None:
-        self.cluster = cluster
-        self.log = log
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        env = {
-            **os.environ,
-            "KUBECONFIG": str(self.cluster.kubeconfig),
-            "PYTHONPATH": str(REPO_ROOT / "operator"),
-            "RECONCILE_INTERVAL": "2",
-        }
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "fraudmodel_operator.cli",
-                    "run",
-                    "--standalone",
-                    "--metrics-port",
-                    "0",
-                    "--liveness-port",
-                    "18091",
-                ],
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-
-    def kill(self, sig: int = signal.SIGKILL) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(sig)
-        self.proc.wait(timeout=30)
-        self.proc = None
-
-    def tail(self) -> str:
-        return self.log.read_text()[-3000:]
-
-
-@pytest.fixture(scope="session")
-def operator(cluster: Cluster, crd: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
-    op = Operator(cluster, tmp_path_factory.mktemp("operator") / "operator.log")
-    op.start()
-    try:
-        yield op
-    finally:
-        if op.proc is not None:
-            op.kill(signal.SIGTERM)
 
 
 def fraudmodel(name: str, version: str = "v1", **spec: Any) -> str:

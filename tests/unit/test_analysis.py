@@ -64,7 +64,7 @@ def test_identical_tracks_pass_every_check() -> None:
     ("canary", "check"),
     [
         (measures(errors=40), "errorRate"),
-        (measures(latency=0.030), "latency"),
+        (measures(latency=0.030), "latency"),  # 3x the stable's p99 and 20ms slower
         (measures(scores=histogram(HIGH, 1000)), "scoreDrift"),
         (measures(flagged=150), "flagRate"),
         (measures(flagged=2), "flagRate"),
@@ -91,6 +91,15 @@ def test_missing_data_is_inconclusive() -> None:
     results = assess(SPEC, unreachable, measures())
     assert {r.verdict for r in results} == {Verdict.INCONCLUSIVE}
     assert "connection refused" in results[0].message
+
+
+@pytest.mark.parametrize(
+    ("canary_p99", "verdict"),
+    [(0.016, Verdict.PASS), (0.0199, Verdict.PASS), (0.021, Verdict.FAIL)],
+    ids=["1.6x-but-6ms", "just-under-tolerance", "over-ratio-and-tolerance"],
+)
+def test_latency_tolerance_ignores_tiny_absolute_slowdowns(canary_p99: float, verdict: Verdict) -> None:
+    assert verdicts(measures(latency=canary_p99))["latency"] == verdict
 
 
 def test_latency_absolute_ceiling() -> None:
