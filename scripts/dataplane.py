@@ -119,7 +119,8 @@ class Servers:
     root: Path
     started: list[Server] = field(default_factory=list)
 
-    def start(self, version: str, track: str, name: str = "fraud_detector") -> Server:
+    def start(self, version: str, track: str, name: str = "fraud_detector", **env: str) -> Server:
+        """A server of model `version` as `track`; `env` adds settings (e.g. FRAUDMODEL_FAULT_DELAY_MS)."""
         port = free_port()
         # One BENTOML_HOME per server, sharing the model store: BentoML keeps its Prometheus
         # multiprocess files under BENTOML_HOME and wipes them at start, so two servers on one
@@ -127,7 +128,8 @@ class Servers:
         home = self.root / f"bentoml-{port}"
         home.mkdir(parents=True)
         (home / "models").symlink_to(self.bento.home / "models")
-        env = self.bento.env(
+        environment = self.bento.env(
+            **env,
             BENTOML_HOME=str(home),
             FRAUDMODEL_NAME=name,
             FRAUDMODEL_VERSION=version,
@@ -138,7 +140,7 @@ class Servers:
         proc = subprocess.Popen(
             [*cmd, "--host", "127.0.0.1", "--port", str(port)],
             cwd=BENTO,
-            env=env,
+            env=environment,
             stdout=subprocess.DEVNULL,
             stderr=sys.stderr,
             start_new_session=True,

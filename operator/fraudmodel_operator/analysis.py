@@ -18,6 +18,7 @@ from fraudmodel_operator.api import AnalysisSpec, AnalysisStatus, CheckResult, F
 
 Vector = list[tuple[dict[str, str], float]]
 Z95 = 1.96
+PREDICT_ENDPOINTS = "/predict.*"
 PSI_EPSILON = 1e-4
 
 
@@ -43,16 +44,17 @@ def selector(fm: FraudModel, track: str) -> str:
 def queries(fm: FraudModel, track: str) -> dict[str, str]:
     """PromQL of every built-in measure of one track over the analysis window."""
     s = selector(fm, track)
+    api = f'{s},endpoint=~"{PREDICT_ENDPOINTS}"'  # not the probes' /readyz, /livez, nor /metrics
     w = fm.spec.rollout.analysis.window
     q = fm.spec.rollout.analysis.checks.latency.quantile
-    requests = f"sum(increase(bentoml_service_request_total{{{s}}}[{w}]))"
+    requests = f"sum(increase(bentoml_service_request_total{{{api}}}[{w}]))"
     return {
         "requests": requests,
         # 503 is load shedding (the service tells clients to retry), not a model error.
-        "errors": f'sum(increase(bentoml_service_request_total{{{s},http_response_code=~"5..",'
+        "errors": f'sum(increase(bentoml_service_request_total{{{api},http_response_code=~"5..",'
         f'http_response_code!="503"}}[{w}])) or vector(0)',
         "latency": f"histogram_quantile({q}, sum by (le) "
-        f"(rate(bentoml_service_request_duration_seconds_bucket{{{s}}}[{w}])))",
+        f"(rate(bentoml_service_request_duration_seconds_bucket{{{api}}}[{w}])))",
         "predictions": f"sum(increase(fraud_model_predictions_total{{{s}}}[{w}]))",
         "flagged": f'sum(increase(fraud_model_decisions_total{{{s},decision="flag"}}[{w}])) or vector(0)',
         "rejected": f"sum(increase(fraud_model_rejected_inputs_total{{{s}}}[{w}])) or vector(0)",

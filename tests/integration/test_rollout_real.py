@@ -65,10 +65,10 @@ async def play_deployment_controller(harness: Harness) -> None:
 
 @contextlib.asynccontextmanager
 async def rollout_world(
-    bento: Bento, servers: Servers, prometheus: Prometheus, canary_version: str
+    bento: Bento, servers: Servers, prometheus: Prometheus, canary_version: str, **canary_env: str
 ) -> AsyncIterator[Harness]:
     stable = servers.start(GOOD, "stable")
-    canary = servers.start(canary_version, "canary")
+    canary = servers.start(canary_version, "canary", **canary_env)
     prometheus.scrape({"stable": stable.port, "canary": canary.port})
     prometheus.start()
     bodies = bento.payloads(3000, seed=99)
@@ -128,6 +128,30 @@ async def test_miscalibrated_canary_is_rolled_back(bento: Bento, servers: Server
         assert all(c["value"] is not None and c["threshold"] for c in failed)
         assert status["stable"]["version"] == GOOD
         assert status["canary"]["weight"] == 0
+
+
+@pytest.mark.parametrize(
+    ("fault", "reason"),
+    [
+        ({"FRAUDMODEL_FAULT_ERROR_RATE": "0.2"}, "ErrorRateFailed"),
+        ({"FRAUDMODEL_FAULT_DELAY_MS": "80"}, "LatencyFailed"),
+    ],
+    ids=["errors", "latency"],
+)
+async def test_failing_or_slow_canary_is_rolled_back(
+    bento: Bento, servers: Servers, prometheus: Prometheus, fault: dict[str, str], reason: str
+) -> None:
+    """The same good model, with one fifth of scoring calls failing, or every call 80ms slower."""
+    async with rollout_world(bento, servers, prometheus, GOOD_NEXT, **fault) as harness:
+        result = await eventually(lambda: outcome(harness), within=150)
+        status = harness.status("bot")
+        assert result == "RolledBack", status.get("lastAnalysis")
+        degraded = next(c for c in status["conditions"] if c["type"] == "Degraded")
+        assert degraded["reason"] == reason, degraded
+        failed = {c["name"]: c for c in status["lastAnalysis"]["checks"] if c["verdict"] == "Fail"}
+        check = failed[reason.removesuffix("Failed")[0].lower() + reason.removesuffix("Failed")[1:]]
+        assert check["value"] > check["baseline"], check
+        assert set(failed) <= {"errorRate", "latency"}, "the model itself is fine: no drift, no flag-rate change"
 
 
 async def test_no_promotion_while_prometheus_is_down(bento: Bento, servers: Servers, prometheus: Prometheus) -> None:

@@ -8,8 +8,10 @@ Configuration comes from the environment the operator sets (see
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import gc
+import random
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -69,6 +71,10 @@ def _version() -> str:
 @functools.cache
 def _metrics() -> ServiceMetrics:
     return service_metrics(_version(), SETTINGS.track)
+
+
+class InjectedFault(RuntimeError):
+    """A deliberate scoring failure (fault injection): answered as a 500, like a real model error."""
 
 
 @bentoml.service(
@@ -137,6 +143,10 @@ class FraudDetector:
         ``async`` on purpose: the model call takes tens of microseconds, less
         than a hop to a thread pool, so it runs on the event loop.
         """
+        if SETTINGS.fault_delay_ms:
+            await asyncio.sleep(SETTINGS.fault_delay_ms / 1000)
+        if SETTINGS.fault_error_rate and random.random() < SETTINGS.fault_error_rate:
+            raise InjectedFault(f"injected fault (FRAUDMODEL_FAULT_ERROR_RATE={SETTINGS.fault_error_rate})")
         rows = np.array([[getattr(t, name) for name in FEATURE_NAMES] for t in transactions], dtype=np.float32)
         scores = self.model.predict_proba(rows).tolist()
         self.metrics.observe(scores, self.threshold)

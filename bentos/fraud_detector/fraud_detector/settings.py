@@ -25,6 +25,17 @@ def _int(env: Mapping[str, str], key: str, default: int, minimum: int) -> int:
     return value
 
 
+def _share(env: Mapping[str, str], key: str) -> float:
+    raw = env.get(key) or "0"
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{key}={raw!r} is not a number") from None
+    if not (math.isfinite(value) and 0.0 <= value <= 1.0):
+        raise ValueError(f"{key}={raw!r} must be within [0, 1]")
+    return value
+
+
 @dataclass(frozen=True)
 class Settings:
     """What the service is, and how it behaves at the edge.
@@ -61,6 +72,11 @@ class Settings:
     # a request that waited longer is shed rather than served late.
     max_queue_ms: int = 20
     retry_after_seconds: int = 1
+    # Fault injection, for rollout tests and game days only (off unless set): a share of
+    # scoring calls fails with a 500, and every scoring call is delayed. The operator
+    # reserves FRAUDMODEL_* in a FraudModel's env, so a FraudModel cannot turn them on.
+    fault_error_rate: float = 0.0
+    fault_delay_ms: int = 0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -92,4 +108,6 @@ class Settings:
             max_inflight=_int(e, "FRAUDMODEL_MAX_INFLIGHT", cls.max_inflight, 1),
             max_queue_ms=_int(e, "FRAUDMODEL_MAX_QUEUE_MS", cls.max_queue_ms, 1),
             retry_after_seconds=_int(e, "FRAUDMODEL_RETRY_AFTER_SECONDS", cls.retry_after_seconds, 1),
+            fault_error_rate=_share(e, "FRAUDMODEL_FAULT_ERROR_RATE"),
+            fault_delay_ms=_int(e, "FRAUDMODEL_FAULT_DELAY_MS", 0, 0),
         )

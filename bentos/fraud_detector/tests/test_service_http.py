@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import time
 from typing import Any
 
 import httpx
@@ -221,3 +222,17 @@ def test_overload_is_shed_with_503_and_retry_after(start_server: StartServer) ->
     labels = {"model_version": "v1-tight", "track": "stable"}
     assert metric(tight, "fraud_model_shed_requests_total", **labels) == len(shed)
     assert metric(tight, "bentoml_service_request_total", endpoint="/predict", http_response_code="503") == len(shed)
+
+
+def test_fault_injection_fails_and_delays_scoring_as_a_real_model_error(start_server: StartServer) -> None:
+    """Off by default; when set, failures are 500s (model errors, unlike shed 503s) and calls are slower."""
+    faulty = start_server(
+        FRAUDMODEL_MODEL_TAG=f"fraud_detector:{GOOD}", FRAUDMODEL_FAULT_ERROR_RATE="1", FRAUDMODEL_FAULT_DELAY_MS="50"
+    )
+    body = payloads(1, seed=3)[0]
+    started = time.monotonic()
+    response = httpx.post(f"{faulty.url}/predict", json=body, timeout=10)
+    assert response.status_code == 500
+    assert time.monotonic() - started >= 0.05
+    assert metric(faulty, "fraud_model_shed_requests_total", track="stable") == 0.0
+    assert metric(faulty, "bentoml_service_request_total", endpoint="/predict", http_response_code="500") == 1.0

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import pytest
@@ -141,3 +142,22 @@ def test_edge_validation(name: str, path: str, body: bytes, status: int, reason:
     rendered = json.loads(rej.body())
     assert rendered["field"] == field
     assert field in rendered["message"]
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"FRAUDMODEL_FAULT_ERROR_RATE": "2"}, "FRAUDMODEL_FAULT_ERROR_RATE='2' must be within [0, 1]"),
+        ({"FRAUDMODEL_FAULT_ERROR_RATE": "often"}, "is not a number"),
+        ({"FRAUDMODEL_FAULT_DELAY_MS": "-5"}, "FRAUDMODEL_FAULT_DELAY_MS=-5 must be >= 0"),
+    ],
+    ids=["rate-over-one", "rate-not-a-number", "negative-delay"],
+)
+def test_fault_settings_are_validated(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        Settings.from_env(env)
+
+
+def test_faults_are_off_by_default() -> None:
+    settings = Settings.from_env({})
+    assert (settings.fault_error_rate, settings.fault_delay_ms) == (0.0, 0)
