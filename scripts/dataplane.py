@@ -288,6 +288,11 @@ async def main() -> None:
         servers.stop_all()
 
 
+def _interrupt(*_: object) -> None:
+    raise KeyboardInterrupt  # so that SIGTERM (./scripts/demo --down) stops the servers too
+
+
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, _interrupt)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(main())
