@@ -35,7 +35,8 @@ ProviderFor = Callable[[FraudModel], MetricProvider]
 
 
 class SSAEmulator(kmock.KubernetesEmulator):
-    """kmock plus server-side apply's upsert: an apply PATCH of a missing object creates it."""
+    """kmock plus server-side apply's upsert: an apply PATCH of a missing object of a served
+    resource creates it."""
 
     _generated = 0
 
@@ -50,6 +51,7 @@ class SSAEmulator(kmock.KubernetesEmulator):
             request.method == "PATCH"
             and "apply-patch" in (request.headers.get("Content-Type") or "")
             and request.resource is not None
+            and request.resource in self.resources  # an unknown resource stays a 404, as on a real server
             and request.name is not None
         ):
             key = (request.resource, request.namespace, request.name)

@@ -108,6 +108,15 @@ class Kube(Protocol):
     async def patch_status(self, namespace: str, name: str, patch: dict[str, Any]) -> None: ...
 
 
+def _code(exc: Exception) -> int | None:
+    """The HTTP status of a failed request, also when the answer was not a Kubernetes Status
+    (lightkube then raises its HTTP library's status error, e.g. for a proxy's plain 404)."""
+    if isinstance(exc, ApiError):
+        return exc.status.code
+    status = getattr(getattr(exc, "response", None), "status_code", None)
+    return status if isinstance(status, int) else None
+
+
 class NotServable(Exception):
     """The cluster cannot take an object we planned (e.g. a router's CRD is not installed)."""
 
@@ -126,8 +135,8 @@ class KubeClient:
         self._count("get")
         try:
             obj = await self.client.get(_resource(api_version, kind), name, namespace=namespace)
-        except ApiError as exc:
-            if exc.status.code == 404:
+        except Exception as exc:
+            if _code(exc) == 404:
                 return None
             raise
         return dict(obj)
@@ -137,8 +146,8 @@ class KubeClient:
         self._count("apply")
         try:
             await self.client.apply(res(manifest), field_manager=FIELD_MANAGER, force=True)
-        except ApiError as exc:
-            if exc.status.code == 404:
+        except Exception as exc:
+            if _code(exc) == 404:
                 raise NotServable(
                     f"{manifest['kind']} ({manifest['apiVersion']}) is not served by this cluster: "
                     "install its CRD or choose another traffic router"
@@ -149,8 +158,8 @@ class KubeClient:
         self._count("delete")
         try:
             await self.client.delete(_resource(api_version, kind), name, namespace=namespace)
-        except ApiError as exc:
-            if exc.status.code != 404:
+        except Exception as exc:
+            if _code(exc) != 404:
                 raise
 
     async def patch_status(self, namespace: str, name: str, patch: dict[str, Any]) -> None:

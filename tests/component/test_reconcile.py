@@ -121,3 +121,18 @@ async def test_operator_never_writes_spec(harness: Harness) -> None:
     for request in fm_writes:
         assert "spec" not in (request.data or {}), f"{request.method} {request.url} wrote spec"
     assert harness.get(FM, "bot")["spec"]["serving"] == body["spec"]["serving"]
+
+
+async def test_router_missing_from_the_cluster_is_reported_not_crashed(harness: Harness) -> None:
+    """The emulated cluster serves no Gateway API: the FraudModel says so, the operator carries on."""
+    body = fraudmodel("routed")
+    body["spec"]["rollout"] = {"trafficRouting": {"gatewayAPI": {"httpRoute": "routed"}}}
+    await harness.create(body)
+    await harness.create(fraudmodel("plain"))
+    await eventually(lambda: harness.status("routed").get("phase") == "Failed")
+    degraded = next(c for c in harness.status("routed")["conditions"] if c["type"] == "Degraded")
+    assert degraded["reason"] == "RouterUnavailable"
+    assert "HTTPRoute" in degraded["message"]
+    warnings = await eventually(lambda: harness.events("RouterUnavailable"))
+    assert warnings[0]["type"] == "Warning"
+    await eventually(lambda: harness.get(DEPLOYMENTS, "plain-stable"))
