@@ -155,26 +155,28 @@ def assess(
             return _inconclusive(name, threshold, why_few, samples)
         return None
 
+    def share_check(name: str, c_part: float | None, s_part: float | None, max_delta: float, what: str) -> CheckResult:
+        """A share of requests (errors, rejections) that may exceed the stable's by `max_delta`."""
+        c, s = _rate(c_part, canary.requests), _rate(s_part, stable.requests)
+        limit = None if s is None else s + max_delta
+        threshold = f"<= stable + {max_delta}" if limit is None else f"<= {limit:.4g}"
+        if (result := guard(name, threshold)) is not None:
+            return result
+        if c is None or s is None or limit is None:
+            return _inconclusive(name, threshold, "no request counts", samples)
+        ok = c <= limit
+        return CheckResult(
+            name=name,
+            verdict=Verdict.PASS if ok else Verdict.FAIL,
+            value=c,
+            baseline=s,
+            threshold=threshold,
+            samples=samples,
+            message="" if ok else f"canary {what} {c:.2%} vs stable {s:.2%}",
+        )
+
     if checks.error_rate.enabled:
-        c, s = _rate(canary.errors, canary.requests), _rate(stable.errors, stable.requests)
-        limit = None if s is None else s + checks.error_rate.max_delta
-        threshold = f"<= stable + {checks.error_rate.max_delta}" if limit is None else f"<= {limit:.4g}"
-        result = guard("errorRate", threshold)
-        if result is None:
-            if c is None or limit is None:
-                result = _inconclusive("errorRate", threshold, "no request counts", samples)
-            else:
-                ok = c <= limit
-                result = CheckResult(
-                    name="errorRate",
-                    verdict=Verdict.PASS if ok else Verdict.FAIL,
-                    value=c,
-                    baseline=s,
-                    threshold=threshold,
-                    samples=samples,
-                    message="" if ok else f"canary 5xx rate {c:.2%} vs stable {s:.2%}",
-                )
-        results.append(result)
+        results.append(share_check("errorRate", canary.errors, stable.errors, checks.error_rate.max_delta, "5xx rate"))
 
     if checks.latency.enabled:
         lat = checks.latency
@@ -229,26 +231,8 @@ def assess(
         results.append(result)
 
     if checks.input_rejection.enabled:
-        c = _rate(canary.rejected, canary.requests)
-        s = _rate(stable.rejected, stable.requests)
-        limit = None if s is None else s + checks.input_rejection.max_delta
-        threshold = f"<= {limit:.4g}" if limit is not None else f"<= stable + {checks.input_rejection.max_delta}"
-        result = guard("inputRejection", threshold)
-        if result is None:
-            if c is None or limit is None:
-                result = _inconclusive("inputRejection", threshold, "no request counts", samples)
-            else:
-                ok = c <= limit
-                result = CheckResult(
-                    name="inputRejection",
-                    verdict=Verdict.PASS if ok else Verdict.FAIL,
-                    value=c,
-                    baseline=s,
-                    threshold=threshold,
-                    samples=samples,
-                    message="" if ok else f"canary rejects {c:.2%} of inputs vs stable {s:.2%}",
-                )
-        results.append(result)
+        delta = checks.input_rejection.max_delta
+        results.append(share_check("inputRejection", canary.rejected, stable.rejected, delta, "rejects inputs at"))
 
     for check in spec.custom:
         bounds = " and ".join(
