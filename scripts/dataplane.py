@@ -40,7 +40,7 @@ BENTO = ROOT / "bentos" / "fraud_detector"
 # Model versions the tiers use, and how to train each (bentos/fraud_detector: python -m fraud_detector.train).
 MODELS: dict[str, list[str]] = {
     "v1": [],
-    "v2": ["--seed", "7"],
+    "v2": ["--seed", "11"],  # a retrain on other data: a healthy new version, not a copy of v1
     "v2-miscalibrated": ["--regressed", "miscalibrated"],
 }
 
@@ -218,14 +218,22 @@ async def send_traffic(
     goes to the canary with probability weight()/100."""
     rng = random.Random(seed)
     rate = rps if callable(rps) else (lambda: float(rps))
+    in_flight: set[asyncio.Task[None]] = set()
     async with httpx.AsyncClient(timeout=5) as client:
-        i = 0
-        while True:
-            track = "canary" if rng.random() * 100 < weight() else "stable"
-            body = bodies[i % len(bodies)]
-            i += 1
-            asyncio.get_running_loop().create_task(_post(client, f"{urls[track]}/predict", body))
-            await asyncio.sleep(1 / rate())
+        try:
+            i = 0
+            while True:
+                track = "canary" if rng.random() * 100 < weight() else "stable"
+                body = bodies[i % len(bodies)]
+                i += 1
+                task = asyncio.get_running_loop().create_task(_post(client, f"{urls[track]}/predict", body))
+                in_flight.add(task)
+                task.add_done_callback(in_flight.discard)
+                await asyncio.sleep(1 / rate())
+        finally:  # stopped: end the requests still in flight before the client closes their sockets
+            for task in in_flight:
+                task.cancel()
+            await asyncio.gather(*in_flight, return_exceptions=True)
 
 
 async def _post(client: httpx.AsyncClient, url: str, body: dict[str, Any]) -> None:
