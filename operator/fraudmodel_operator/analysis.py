@@ -19,6 +19,7 @@ from fraudmodel_operator.api import AnalysisSpec, AnalysisStatus, CheckResult, F
 Vector = list[tuple[dict[str, str], float]]
 Z95 = 1.96
 PREDICT_ENDPOINTS = "/predict.*"
+MIN_TAIL_SAMPLES = 5  # requests beyond a latency quantile, per track, for it to mean anything
 PSI_EPSILON = 1e-4
 
 
@@ -187,6 +188,11 @@ def assess(
             limit = lat.max_seconds if limit is None else min(limit, lat.max_seconds)
         threshold = f"<= {limit:.4g}s" if limit is not None else f"<= stable x {lat.max_ratio}"
         result = guard("latency", threshold)
+        tail = min(canary.requests or 0, stable.requests or 0) * (1 - lat.quantile)
+        if result is None and tail < MIN_TAIL_SAMPLES:
+            needed = math.ceil(MIN_TAIL_SAMPLES / (1 - lat.quantile))
+            why = f"{q_name} needs {needed} requests per track in the window for {MIN_TAIL_SAMPLES} beyond it"
+            result = _inconclusive("latency", threshold, why, samples)
         if result is None:
             if c is None or limit is None or math.isnan(c) or (s is not None and math.isnan(s)):
                 result = _inconclusive("latency", threshold, "no latency histogram", samples)

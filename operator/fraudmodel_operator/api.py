@@ -317,7 +317,13 @@ class LatencyCheck(_Model):
     """A latency quantile of the canary vs the stable."""
 
     enabled: bool = Field(default=True, description="Run this check.")
-    quantile: float = Field(default=0.99, gt=0.0, lt=1.0, description="Quantile to compare, e.g. 0.99.")
+    quantile: float = Field(
+        default=0.95,
+        gt=0.0,
+        lt=1.0,
+        description="Quantile to compare. Each track needs 5 requests beyond it in the window (p95: 100 "
+        "requests, p99: 500), else the check is Inconclusive: a tail of one or two requests is noise.",
+    )
     max_ratio: float = Field(
         default=1.5, ge=1.0, le=100.0, description="Fail when canary quantile > stable quantile x maxRatio."
     )

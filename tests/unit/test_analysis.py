@@ -164,4 +164,12 @@ def test_queries_select_one_track_of_one_fraudmodel_and_exclude_shed_load() -> N
     assert 'fraudmodel="bot",namespace="risk",track="canary"' in q["requests"]
     assert 'http_response_code!="503"' in q["errors"]
     assert "[1m]" in q["scores"]
-    assert q["latency"].startswith("histogram_quantile(0.99,")
+    assert q["latency"].startswith("histogram_quantile(0.95,")
+
+
+def test_a_tail_quantile_of_too_few_requests_is_inconclusive() -> None:
+    spec = AnalysisSpec.model_validate({"minSamples": 100, "checks": {"latency": {"quantile": 0.99}}})
+    result = {r.name: r for r in assess(spec, measures(requests=300, latency=0.5), measures(requests=300))}
+    assert result["latency"].verdict == Verdict.INCONCLUSIVE
+    assert "p99 needs 500 requests" in result["latency"].message
+    assert verdicts(measures(requests=600, latency=0.5), measures(requests=600), spec)["latency"] == Verdict.FAIL
