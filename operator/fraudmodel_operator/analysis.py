@@ -21,6 +21,7 @@ Z95 = 1.96
 PREDICT_ENDPOINTS = "/predict.*"
 MIN_TAIL_SAMPLES = 5  # requests beyond a latency quantile, per track, for it to mean anything
 PSI_EPSILON = 1e-4
+PSI_MIN_EXPECTED = 5.0
 
 
 class ProviderError(Exception):
@@ -92,25 +93,41 @@ class TrackMeasures:
     error: str | None = None  # why the track could not be measured
 
 
-def psi(canary: tuple[tuple[float, float], ...], stable: tuple[tuple[float, float], ...]) -> tuple[float, float, int]:
-    """PSI of two cumulative histograms over the same buckets: (bias-corrected, raw, occupied bins).
+def psi(
+    canary: tuple[tuple[float, float], ...], stable: tuple[tuple[float, float], ...]
+) -> tuple[float, float, int] | None:
+    """PSI of two cumulative histograms over the same buckets: (bias-corrected, raw, bins used),
+    or None when too few requests fall outside the busiest bucket to compare distributions.
 
-    With n samples per side, sampling noise alone gives PSI near (bins - 1) x (1/n_c + 1/n_s);
-    that expected noise is subtracted so low-traffic steps are not failed by chance.
+    Adjacent buckets are merged until each holds at least PSI_MIN_EXPECTED requests of the
+    smaller track (expected from both tracks pooled): a fraud score piles up near 0, and a
+    bucket holding one canary request against none of the stable's would alone add a PSI
+    of ~0.02. On what is left, sampling noise still gives a PSI near
+    (bins - 1) x (1/n_canary + 1/n_stable); that expected noise is subtracted, so a
+    low-traffic step is not failed by chance. More traffic means more bins, finer drift.
     """
-    c_bins = _bins(canary)
-    s_bins = _bins(stable)
+    c_bins, s_bins = _bins(canary), _bins(stable)
     n_c, n_s = sum(c_bins.values()), sum(s_bins.values())
-    raw = 0.0
-    occupied = 0
+    merged: list[tuple[float, float]] = []  # (canary count, stable count) per merged bin
+    c_acc = s_acc = 0.0
     for le in sorted(set(c_bins) | set(s_bins)):
-        p = max(c_bins.get(le, 0.0) / n_c, PSI_EPSILON)
-        q = max(s_bins.get(le, 0.0) / n_s, PSI_EPSILON)
-        if c_bins.get(le, 0.0) > 0 or s_bins.get(le, 0.0) > 0:
-            occupied += 1
+        c_acc += c_bins.get(le, 0.0)
+        s_acc += s_bins.get(le, 0.0)
+        if (c_acc + s_acc) / (n_c + n_s) * min(n_c, n_s) >= PSI_MIN_EXPECTED:
+            merged.append((c_acc, s_acc))
+            c_acc = s_acc = 0.0
+    if len(merged) < 2:
+        return None
+    if c_acc or s_acc:  # the thin end joins the last full bin
+        last = merged.pop()
+        merged.append((last[0] + c_acc, last[1] + s_acc))
+    raw = 0.0
+    for c_count, s_count in merged:
+        p = max(c_count / n_c, PSI_EPSILON)
+        q = max(s_count / n_s, PSI_EPSILON)
         raw += (p - q) * math.log(p / q)
-    noise = max(occupied - 1, 0) * (1 / n_c + 1 / n_s)
-    return max(raw - noise, 0.0), raw, occupied
+    noise = max(len(merged) - 1, 0) * (1 / n_c + 1 / n_s)
+    return max(raw - noise, 0.0), raw, len(merged)
 
 
 def _bins(cumulative: tuple[tuple[float, float], ...]) -> dict[float, float]:
@@ -209,24 +226,28 @@ def assess(
                 )
         results.append(result)
 
+    def drift_check(max_psi: float) -> CheckResult:
+        threshold = f"<= {max_psi}"
+        if (result := guard("scoreDrift", threshold)) is not None:
+            return result
+        if not canary.scores or not stable.scores or canary.scores[-1][1] <= 0 or stable.scores[-1][1] <= 0:
+            return _inconclusive("scoreDrift", threshold, "no score histogram", samples)
+        measured = psi(canary.scores, stable.scores)
+        if measured is None:
+            why = f"fewer than {PSI_MIN_EXPECTED:g} requests per track outside the busiest score bins"
+            return _inconclusive("scoreDrift", threshold, why, samples)
+        value, raw, bins = measured
+        return CheckResult(
+            name="scoreDrift",
+            verdict=Verdict.PASS if value <= max_psi else Verdict.FAIL,
+            value=value,
+            threshold=threshold,
+            samples=samples,
+            message=f"PSI {value:.3f} over {bins} bins (raw {raw:.3f} before removing sampling noise)",
+        )
+
     if checks.score_drift.enabled:
-        threshold = f"<= {checks.score_drift.max_psi}"
-        result = guard("scoreDrift", threshold)
-        if result is None:
-            if not canary.scores or not stable.scores or canary.scores[-1][1] <= 0 or stable.scores[-1][1] <= 0:
-                result = _inconclusive("scoreDrift", threshold, "no score histogram", samples)
-            else:
-                value, raw, _ = psi(canary.scores, stable.scores)
-                ok = value <= checks.score_drift.max_psi
-                result = CheckResult(
-                    name="scoreDrift",
-                    verdict=Verdict.PASS if ok else Verdict.FAIL,
-                    value=value,
-                    threshold=threshold,
-                    samples=samples,
-                    message=f"PSI {value:.3f} (raw {raw:.3f} before removing sampling noise)",
-                )
-        results.append(result)
+        results.append(drift_check(checks.score_drift.max_psi))
 
     if checks.flag_rate.enabled:
         fr = checks.flag_rate

@@ -89,7 +89,7 @@ async def roll_out(
     urls = {"stable": stable_server.url, "canary": canary_server.url}
     tasks = [
         asyncio.create_task(follow()),
-        asyncio.create_task(send_traffic(lambda: canary_weight(latest), urls, bento.payloads(3000, seed=5))),
+        asyncio.create_task(send_traffic(lambda: canary_weight(latest), urls, bento.payloads(3000, seed=5), rps=100)),
     ]
     try:
         await asyncio.to_thread(cluster.apply, fraudmodel(canary, prom.url), namespace)

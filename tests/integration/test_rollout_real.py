@@ -23,7 +23,7 @@ from tests.kopf_harness import DEPLOYMENTS, FM, Harness, eventually, operator_ha
 
 pytestmark = pytest.mark.integration
 
-RPS = 60
+RPS = 100  # 20% of it over a 15s window: 300 canary requests, enough for p95 and PSI
 
 
 def fraudmodel(version: str, prometheus: str) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import random
 
 import pytest
 
@@ -116,19 +117,52 @@ def test_flag_rate_outside_bounds_but_not_significant_is_inconclusive() -> None:
 
 
 def test_psi_of_identical_histograms_is_zero_and_of_shifted_is_large() -> None:
-    corrected, raw, _ = psi(histogram(LOW, 5000), histogram(LOW, 5000))
-    assert corrected == 0.0
-    assert raw == pytest.approx(0.0, abs=1e-9)
-    shifted, _, _ = psi(histogram(HIGH, 5000), histogram(LOW, 5000))
-    assert shifted > 1.0
+    same = psi(histogram(LOW, 5000), histogram(LOW, 5000))
+    assert same is not None
+    assert same[0] == 0.0
+    assert same[1] == pytest.approx(0.0, abs=1e-9)
+    shifted = psi(histogram(HIGH, 5000), histogram(LOW, 5000))
+    assert shifted is not None
+    assert shifted[0] > 1.0
 
 
-def test_psi_removes_small_sample_noise() -> None:
-    """With 100 samples a side, noise alone gives a raw PSI near 0.2-0.4; the correction removes it."""
-    rough = [1, 0, 2, 1, 0, 1, 2, 0, 1, 1, 0, 2, 1, 1, 0, 1, 2, 1, 0, 1]
-    corrected, raw, _ = psi(histogram(rough, 100), histogram(FLAT, 100))
-    assert raw > 0.2
-    assert corrected < raw
+def sampled(weights: list[float], n: int, rng: random.Random) -> tuple[tuple[float, float], ...]:
+    """A cumulative histogram of n scores drawn from the per-bin weights."""
+    counts = [0] * len(weights)
+    for i in rng.choices(range(len(weights)), weights=weights, k=n):
+        counts[i] += 1
+    return histogram([float(c) for c in counts], float(n)) if n else ()
+
+
+# A fraud score: nearly everything near 0, a thin tail (the bento's v1 on normal traffic).
+FRAUD = [977.0, 5.8, 2.0, 1.3, 0.9, 0.5, 0.5, 0.4, 0.4, 0.4, 0.4, 0.4, 0.4, 0.5, 0.5, 0.6, 0.7, 0.9, 1.4, 5.0]
+# A miscalibrated model: the same ranking, scores inflated (the bento's v2-miscalibrated flags ~8x more).
+INFLATED = [800.0, 40, 25, 18, 14, 11, 9, 8, 7, 7, 6, 6, 6, 6, 6, 7, 7, 8, 9, 11]
+
+
+@pytest.mark.parametrize("n_canary", [60, 180, 300, 1000], ids=lambda n: f"canary-{n}")
+def test_psi_has_no_false_alarms_from_sampling_noise(n_canary: int) -> None:
+    """Same distribution on both tracks, 300 draws: never over the default 0.2 (None: too few to tell)."""
+    rng = random.Random(7)
+    found = [psi(sampled(FRAUD, n_canary, rng), sampled(FRAUD, 4 * n_canary, rng)) for _ in range(300)]
+    assert all(f is None or f[0] < 0.2 for f in found)
+    if n_canary >= 300:
+        assert sum(f is None for f in found) <= 15, "enough traffic is measured, not left inconclusive"
+
+
+@pytest.mark.parametrize("n_canary", [300, 1000], ids=lambda n: f"canary-{n}")
+def test_psi_always_sees_a_miscalibrated_model(n_canary: int) -> None:
+    rng = random.Random(7)
+    found = [psi(sampled(INFLATED, n_canary, rng), sampled(FRAUD, 4 * n_canary, rng)) for _ in range(100)]
+    assert all(f is not None and f[0] > 0.2 for f in found)
+
+
+def test_psi_of_a_near_empty_tail_is_not_measured() -> None:
+    assert psi(sampled(FRAUD, 40, random.Random(1)), sampled(FRAUD, 160, random.Random(2))) is None
+    canary, stable = measures(requests=120, scores=histogram(FRAUD, 120)), measures(scores=histogram(FRAUD, 1000))
+    result = {r.name: r for r in assess(SPEC, canary, stable)}
+    assert result["scoreDrift"].verdict == Verdict.INCONCLUSIVE
+    assert "outside the busiest score bins" in result["scoreDrift"].message
 
 
 def test_custom_checks_bounds_and_missing_data() -> None:
