@@ -4,7 +4,7 @@
 
 Each run is the integration tier's world: the Kopf operator (kmock API), Prometheus from
 Debian's package scraping two BentoML servers of the bento, and traffic split at the weight
-the operator writes. Traffic is noisy: its rate wanders between 20 and 100 requests per
+the operator writes. Traffic is noisy: its rate wanders between 50 and 150 requests per
 second. Needs `prometheus` on PATH and the bento's environment (./scripts/test sets both up).
 
 Prints, per run, the outcome and timings, then:
@@ -43,11 +43,11 @@ INTERVAL, FAILURE_LIMIT = 5.0, 2
 
 
 def noisy_rate(rng: random.Random) -> Callable[[], float]:
-    """A request rate wandering between 20 and 100 per second."""
-    rate = [60.0]
+    """A request rate wandering between 50 and 150 per second."""
+    rate = [100.0]
 
     def next_rate() -> float:
-        rate[0] = min(100.0, max(20.0, rate[0] + rng.uniform(-10, 10)))
+        rate[0] = min(150.0, max(50.0, rate[0] + rng.uniform(-10, 10)))
         return rate[0]
 
     return next_rate

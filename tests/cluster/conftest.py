@@ -189,7 +189,11 @@ def namespace(cluster: Cluster) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def crd(cluster: Cluster) -> None:
-    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO_ROOT / "crds" / "fraudmodel.yaml"))
+    applied = cluster.kubectl(
+        "apply", "--server-side", "--force-conflicts", "-f", str(REPO_ROOT / "crds" / "fraudmodel.yaml"), check=False
+    )
+    if applied.returncode != 0:
+        pytest.fail(f"the API server rejected crds/fraudmodel.yaml:\n{applied.stderr}")
     cluster.kubectl("wait", "--for=condition=Established", "crd/fraudmodels.serving.riskml.io", "--timeout=60s")
 
 
