@@ -20,6 +20,7 @@ import yaml
 from scripts.dataplane import BENTO, MODELS, Bento, Prometheus, Servers, canary_weight, send_traffic
 from tests.cluster.conftest import Cluster, Operator
 from tests.cluster.test_operator import status, wait_ready
+from tests.integration.test_rollout_real import fraudmodel as integration_fraudmodel
 
 pytestmark = pytest.mark.cluster
 
@@ -51,22 +52,7 @@ def dataplane(bento: Bento, tmp_path: Path) -> Iterator[tuple[Servers, Prometheu
 
 
 def fraudmodel(version: str, prometheus: str) -> str:
-    body: dict[str, Any] = {
-        "apiVersion": "serving.riskml.io/v1alpha1",
-        "kind": "FraudModel",
-        "metadata": {"name": "fd"},
-        "spec": {
-            "model": {"name": "fraud-detector", "version": version, "image": f"fraud-detector:{version}"},
-            "serving": {"replicas": 2},
-            "rollout": {
-                "steps": [20, 50],
-                "interval": "5s",
-                "progressDeadline": "3m",
-                "analysis": {"prometheus": {"address": prometheus}, "window": "15s", "minSamples": 40},
-            },
-        },
-    }
-    return yaml.safe_dump(body)
+    return yaml.safe_dump(integration_fraudmodel(version, prometheus, name="fd"))
 
 
 async def roll_out(

@@ -26,11 +26,12 @@ pytestmark = pytest.mark.integration
 RPS = 100  # 20% of it over a 15s window: 300 canary requests, enough for p95 and PSI
 
 
-def fraudmodel(version: str, prometheus: str) -> dict[str, Any]:
+def fraudmodel(version: str, prometheus: str, name: str = "bot") -> dict[str, Any]:
+    """The FraudModel of the real-metrics tiers: two quick steps, judged on `prometheus`."""
     return {
         "apiVersion": "serving.riskml.io/v1alpha1",
         "kind": "FraudModel",
-        "metadata": {"name": "bot"},
+        "metadata": {"name": name},
         "spec": {
             "model": {"name": "fraud-detector", "version": version, "image": f"fraud-detector:{version}"},
             "serving": {"replicas": 2},
