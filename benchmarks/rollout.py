@@ -40,6 +40,7 @@ from fraudmodel_operator.api import FraudModel, parse_duration
 from fraudmodel_operator.prometheus import PrometheusProvider
 
 INTERVAL, FAILURE_LIMIT = 5.0, 2
+STABLE_TRAFFIC = 'increase(bentoml_service_request_total{track="stable",endpoint=~"/predict.*"}[15s]) > 0'
 
 
 def noisy_rate(rng: random.Random) -> Callable[[], float]:
@@ -85,24 +86,38 @@ async def one_run(bento: Bento, canary_version: str, workdir: Path) -> dict[str,
                 try:
                     await harness.create(fraudmodel(GOOD, prom.url))
                     await eventually(lambda: harness.status("bot").get("phase") == "Ready", within=60)
+                    # As in production, Prometheus has history before the rollout starts.
+                    await asyncio.to_thread(prom.wait_for_data, STABLE_TRAFFIC)
                     spec = fraudmodel(canary_version, prom.url)["spec"]
                     await harness.patch(FM, "bot", {"spec": spec, "metadata": {"generation": 2}})
                     started = time.monotonic()
                     onset = None
                     deadline = started + 240
+                    analyses: list[str] = []  # each analysis: verdict @ seconds after onset
+                    seen = None
                     while time.monotonic() < deadline:
                         status = harness.status("bot")
                         if onset is None and (status.get("canary") or {}).get("weight", 0) > 0:
                             onset = time.monotonic()
+                        last = status.get("lastAnalysis") or {}
+                        if onset is not None and last.get("time") not in (None, seen):
+                            seen = last["time"]
+                            why = ",".join(c["name"] for c in last["checks"] if c["verdict"] != "Pass")
+                            if last["verdict"] == "Inconclusive":
+                                why += ": " + last["checks"][0].get("message", "")
+                            analyses.append(f"{last['verdict']}({why})@{time.monotonic() - onset:.1f}s")
                         if status.get("phase") == "RolledBack":
                             reason = next(c["reason"] for c in status["conditions"] if c["type"] == "Degraded")
+                            end = time.monotonic() - (onset or started)
                             return {
                                 "outcome": "RolledBack",
                                 "reason": reason,
-                                "onset_to_end": time.monotonic() - (onset or started),
+                                "onset_to_end": end,
+                                "analyses": analyses,
                             }
                         if status.get("stable", {}).get("version") == canary_version:
-                            return {"outcome": "Promoted", "onset_to_end": time.monotonic() - (onset or started)}
+                            end = time.monotonic() - (onset or started)
+                            return {"outcome": "Promoted", "onset_to_end": end, "analyses": analyses}
                         await asyncio.sleep(0.1)
                     return {"outcome": "Timeout", "onset_to_end": None}
                 finally:

@@ -206,6 +206,18 @@ class Prometheus:
             stop(self.proc)
             self.proc = None
 
+    def wait_for_data(self, promql: str, within: float = 60) -> None:
+        """Until `promql` returns a sample: a Prometheus started a moment ago has too few scrapes
+        for a windowed rate, where one that has been running does not."""
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            with contextlib.suppress(httpx.HTTPError, KeyError, ValueError):
+                body = httpx.get(f"{self.url}/api/v1/query", params={"query": promql}, timeout=2).json()
+                if body["data"]["result"]:
+                    return
+            time.sleep(0.5)
+        raise TimeoutError(f"no data for {promql} within {within}s")
+
 
 async def send_traffic(
     weight: Callable[[], int],

@@ -88,6 +88,9 @@ async def rollout_world(
         try:
             await harness.create(fraudmodel(GOOD, prometheus.url))
             await eventually(lambda: harness.status("bot").get("phase") == "Ready", within=30)
+            # As in production, Prometheus has history before the rollout starts.
+            stable_traffic = 'increase(bentoml_service_request_total{track="stable",endpoint=~"/predict.*"}[15s]) > 0'
+            await asyncio.to_thread(prometheus.wait_for_data, stable_traffic)
             spec = fraudmodel(canary_version, prometheus.url)["spec"]
             await harness.patch(FM, "bot", {"spec": spec, "metadata": {"generation": 2}})
             yield harness
