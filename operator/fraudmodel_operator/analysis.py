@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
-from fraudmodel_operator.api import AnalysisSpec, AnalysisStatus, CheckResult, FraudModel, Verdict
+from fraudmodel_operator.api import AnalysisSpec, AnalysisStatus, CheckResult, FraudModel, LatencyCheck, Verdict
 
 Vector = list[tuple[dict[str, str], float]]
 Z95 = 1.96
@@ -196,35 +196,34 @@ def assess(
     if checks.error_rate.enabled:
         results.append(share_check("errorRate", canary.errors, stable.errors, checks.error_rate.max_delta, "5xx rate"))
 
-    if checks.latency.enabled:
-        lat = checks.latency
+    def latency_check(lat: LatencyCheck) -> CheckResult:
         q_name = f"p{round(lat.quantile * 100, 2):g}"
         c, s = canary.latency, stable.latency
         limit = None if s is None else max(s * lat.max_ratio, s + lat.tolerance_seconds)
         if lat.max_seconds is not None:
             limit = lat.max_seconds if limit is None else min(limit, lat.max_seconds)
         threshold = f"<= {limit:.4g}s" if limit is not None else f"<= stable x {lat.max_ratio}"
-        result = guard("latency", threshold)
-        tail = min(canary.requests or 0, stable.requests or 0) * (1 - lat.quantile)
-        if result is None and tail < MIN_TAIL_SAMPLES:
+        if (result := guard("latency", threshold)) is not None:
+            return result
+        if min(canary.requests or 0, stable.requests or 0) * (1 - lat.quantile) < MIN_TAIL_SAMPLES:
             needed = math.ceil(MIN_TAIL_SAMPLES / (1 - lat.quantile))
             why = f"{q_name} needs {needed} requests per track in the window for {MIN_TAIL_SAMPLES} beyond it"
-            result = _inconclusive("latency", threshold, why, samples)
-        if result is None:
-            if c is None or limit is None or math.isnan(c) or (s is not None and math.isnan(s)):
-                result = _inconclusive("latency", threshold, "no latency histogram", samples)
-            else:
-                ok = c <= limit
-                result = CheckResult(
-                    name="latency",
-                    verdict=Verdict.PASS if ok else Verdict.FAIL,
-                    value=c,
-                    baseline=s,
-                    threshold=threshold,
-                    samples=samples,
-                    message="" if ok else f"canary {q_name} {c * 1000:.1f}ms vs stable {(s or 0) * 1000:.1f}ms",
-                )
-        results.append(result)
+            return _inconclusive("latency", threshold, why, samples)
+        if c is None or limit is None or math.isnan(c) or (s is not None and math.isnan(s)):
+            return _inconclusive("latency", threshold, "no latency histogram", samples)
+        ok = c <= limit
+        return CheckResult(
+            name="latency",
+            verdict=Verdict.PASS if ok else Verdict.FAIL,
+            value=c,
+            baseline=s,
+            threshold=threshold,
+            samples=samples,
+            message="" if ok else f"canary {q_name} {c * 1000:.1f}ms vs stable {(s or 0) * 1000:.1f}ms",
+        )
+
+    if checks.latency.enabled:
+        results.append(latency_check(checks.latency))
 
     def drift_check(max_psi: float) -> CheckResult:
         threshold = f"<= {max_psi}"
