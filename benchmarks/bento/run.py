@@ -229,39 +229,12 @@ def main() -> int:
         "--host",
         "127.0.0.1",
     ]
+    uvicorn_cmd = [sys.executable, "-m", "uvicorn", "baseline_app:app", "--host", "127.0.0.1", "--no-access-log"]
+    uvicorn_cmd += ["--log-level", "warning"]
+    baseline_env = {**env, "BENCH_MODEL_TAG": tag, "PYTHONPATH": str(BENTO_DIR)}
     servers: dict[str, tuple[list[str], dict[str, str], Path]] = {
-        "fastapi-1w": (
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "baseline_app:app",
-                "--host",
-                "127.0.0.1",
-                "--no-access-log",
-                "--log-level",
-                "warning",
-            ],
-            {**env, "BENCH_MODEL_TAG": tag, "PYTHONPATH": str(BENTO_DIR)},
-            HERE,
-        ),
-        "fastapi-2w": (
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "baseline_app:app",
-                "--host",
-                "127.0.0.1",
-                "--no-access-log",
-                "--log-level",
-                "warning",
-                "--workers",
-                "2",
-            ],
-            {**env, "BENCH_MODEL_TAG": tag, "PYTHONPATH": str(BENTO_DIR)},
-            HERE,
-        ),
+        "fastapi-1w": (uvicorn_cmd, baseline_env, HERE),
+        "fastapi-2w": ([*uvicorn_cmd, "--workers", "2"], baseline_env, HERE),
         "bento-1w-batching": (
             bento_cmd,
             {**env, "FRAUDMODEL_MODEL_TAG": tag, "FRAUDMODEL_WORKERS": "1", "FRAUDMODEL_ADAPTIVE_BATCHING": "1"},
