@@ -8,9 +8,14 @@ It does three things BentoML alone does not:
    large), 415 (not JSON) or 422 (anything else) with a JSON body that names
    the field, and is counted in ``fraud_model_rejected_inputs_total{reason}``.
    It never reaches the model, so it can never become a 5xx or a default.
-2. **One batching queue.** A single transaction sent to ``/predict`` is passed
-   on as a batch of one to the batchable ``/predict_batch`` API, so single and
-   batch requests share BentoML's adaptive batching; the answer is unwrapped.
+2. **The shortest path to the model.** The validated transactions are scored
+   here, by the service's own scoring method, instead of being parsed and
+   validated a second time by BentoML's routing and input/output descriptors
+   (which cost more than the model itself; see docs/benchmarks.md). BentoML's
+   outer layers (request metrics, tracing, timeout) still see every request.
+   With adaptive batching on, requests are forwarded to the batchable
+   ``/predict_batch`` API instead, single ones as batches of one, so all share
+   BentoML's batching queue; the answer is unwrapped.
 3. **Deliberate overload.** Requests beyond ``max_inflight`` per worker, and
    requests that waited in the event loop longer than ``max_queue_ms`` before
    their turn, are shed at once (admitted requests keep a bounded latency);
@@ -26,21 +31,28 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable
+import logging
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .metrics import ServiceMetrics
-from .schema import Transaction
+from .schema import Prediction, Transaction
 from .settings import Settings
 
-__all__ = ["PREDICT", "PREDICT_BATCH", "EdgeMiddleware", "Rejection", "reason_for", "validate_body"]
+__all__ = ["PREDICT", "PREDICT_BATCH", "EdgeMiddleware", "Rejection", "Scorer", "reason_for", "validate_body"]
 
 PREDICT = "/predict"
 PREDICT_BATCH = "/predict_batch"
 _ONE = TypeAdapter(Transaction)
+_ONE_OUT = TypeAdapter(Prediction)
+_MANY_OUT = TypeAdapter(list[Prediction])
+logger = logging.getLogger(__name__)
+
+Scorer = Callable[[Sequence[Transaction]], Awaitable[list[Prediction]]]
+"""Scores validated transactions (``FraudDetector.score``)."""
 
 _REASONS = {
     "missing": "missing_field",
@@ -97,9 +109,9 @@ def _path(prefix: str, loc: tuple[int | str, ...]) -> str:
     return out or "$"
 
 
-def _check(item: Any, prefix: str) -> None:
+def _check(item: Any, prefix: str) -> Transaction:
     try:
-        _ONE.validate_python(item)
+        return _ONE.validate_python(item)
     except ValidationError as exc:
         errors = [
             {"field": _path(prefix, tuple(e["loc"])), "reason": reason_for(e["type"]), "message": e["msg"]}
@@ -108,8 +120,8 @@ def _check(item: Any, prefix: str) -> None:
         raise Rejection(422, errors) from None
 
 
-def validate_body(path: str, body: bytes, settings: Settings) -> int:
-    """Validate a predict body; return the number of transactions or raise Rejection."""
+def validate_body(path: str, body: bytes, settings: Settings) -> list[Transaction]:
+    """Validate a predict body; return its transactions or raise Rejection."""
     try:
         payload = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
@@ -117,8 +129,7 @@ def validate_body(path: str, body: bytes, settings: Settings) -> int:
     if path == PREDICT:
         if not isinstance(payload, dict):
             raise _reject(422, "wrong_type", "$", "body must be one transaction (a JSON object)")
-        _check(payload, "")
-        return 1
+        return [_check(payload, "")]
     if not isinstance(payload, dict):
         raise _reject(422, "wrong_type", "$", 'body must be {"transactions": [...]}')
     for key in payload:
@@ -136,9 +147,7 @@ def validate_body(path: str, body: bytes, settings: Settings) -> int:
             "transactions",
             f"{len(items)} transactions, at most {settings.max_batch_size} per request",
         )
-    for i, item in enumerate(items):
-        _check(item, f"transactions[{i}]")
-    return len(items)
+    return [_check(item, f"transactions[{i}]") for i, item in enumerate(items)]
 
 
 async def _read_body(receive: Receive, limit: int) -> bytes | None:
@@ -168,10 +177,18 @@ async def _respond(send: Send, status: int, body: bytes, extra: tuple[tuple[byte
 
 
 class EdgeMiddleware:
-    def __init__(self, app: ASGIApp, *, settings: Settings, metrics: Callable[[], ServiceMetrics]) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        settings: Settings,
+        metrics: Callable[[], ServiceMetrics],
+        scorer: Callable[[], Scorer | None],
+    ) -> None:
         self.app = app
         self.settings = settings
         self.metrics = metrics
+        self.scorer = scorer
         self.inflight = 0
         self.max_queue_s = settings.max_queue_ms / 1000.0
         self._shed_body = json.dumps(
@@ -224,16 +241,34 @@ class EdgeMiddleware:
             body = await _read_body(receive, self.settings.max_body_bytes)
             if body is None:
                 raise _reject(413, "batch_too_large", "$", f"body larger than {self.settings.max_body_bytes} bytes")
-            count = validate_body(path, body, self.settings)
+            transactions = validate_body(path, body, self.settings)
         except Rejection as rej:
             metrics.rejected(rej.reason)
             await _respond(send, rej.status, rej.body())
             return
-        if count == 0:
+        if not transactions:
             await _respond(send, 200, b"[]")
             return
-
         single = path == PREDICT
+        score = self.scorer()
+        if score is not None:
+            await self._score(send, score, transactions, single)
+        else:
+            await self._forward(scope, receive, send, body, single, metrics)
+
+    async def _score(self, send: Send, score: Scorer, transactions: list[Transaction], single: bool) -> None:
+        try:
+            predictions = await score(transactions)
+        except Exception as exc:
+            logger.exception("scoring %d transaction(s) failed", len(transactions))
+            await _respond(send, 500, json.dumps({"error": "scoring failed", "message": str(exc)}).encode())
+            return
+        await _respond(send, 200, _ONE_OUT.dump_json(predictions[0]) if single else _MANY_OUT.dump_json(predictions))
+
+    async def _forward(
+        self, scope: Scope, receive: Receive, send: Send, body: bytes, single: bool, metrics: ServiceMetrics
+    ) -> None:
+        """Hand the request to BentoML's ``/predict_batch`` API (adaptive batching)."""
         forward_body = b'{"transactions":[' + body + b"]}" if single else body
         headers = [(k, v) for k, v in scope.get("headers") or [] if k not in (b"content-length", b"content-type")]
         headers += [

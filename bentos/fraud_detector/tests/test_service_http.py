@@ -236,3 +236,20 @@ def test_fault_injection_fails_and_delays_scoring_as_a_real_model_error(start_se
     assert time.monotonic() - started >= 0.05
     assert metric(faulty, "fraud_model_shed_requests_total", track="stable") == 0.0
     assert metric(faulty, "bentoml_service_request_total", endpoint="/predict", http_response_code="500") == 1.0
+
+
+def test_adaptive_batching_answers_as_the_direct_path_does(start_server: StartServer, server: Server) -> None:
+    """With batching on, requests go through BentoML's dispatcher instead of
+    the edge's direct call to the model; clients must not see a difference."""
+    batching = start_server(
+        FRAUDMODEL_MODEL_TAG=f"fraud_detector:{GOOD}",
+        FRAUDMODEL_TRACK="canary",
+        FRAUDMODEL_ADAPTIVE_BATCHING="1",
+        FRAUDMODEL_MAX_LATENCY_MS="200",
+    )
+    assert post(batching, "/predict", FRAUDY).json() == post(server, "/predict", FRAUDY).json()
+    body = {"transactions": BODIES[:10]}
+    assert post(batching, "/predict_batch", body).json() == post(server, "/predict_batch", body).json()
+    bad = post(batching, "/predict", {**FRAUDY, "amount": -1})
+    assert (bad.status_code, bad.json()["field"]) == (422, "amount")
+    assert metric(batching, "fraud_model_predictions_total", track="canary") == 11
