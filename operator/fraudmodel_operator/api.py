@@ -185,14 +185,37 @@ class Toleration(_Model):
     toleration_seconds: int | None = Field(default=None, ge=0, description="How long to tolerate NoExecute.")
 
 
+# The environment the operator sets on every model container from the spec, which a
+# FraudModel's serving.env must not override, and the bento's fault injection, which
+# only tests and game days use. The bento's tuning knobs (FRAUDMODEL_WORKERS,
+# FRAUDMODEL_ADAPTIVE_BATCHING, FRAUDMODEL_MAX_INFLIGHT, FRAUDMODEL_TRACING, ...) are free.
+OPERATOR_ENV = (
+    "FRAUDMODEL_NAME",
+    "FRAUDMODEL_VERSION",
+    "FRAUDMODEL_TRACK",
+    "FRAUDMODEL_THRESHOLD",
+    "FRAUDMODEL_FEATURE_SCHEMA",
+    "FRAUDMODEL_MODEL_TAG",
+    "FRAUDMODEL_MODEL_URI",
+    "BENTOML_PORT",
+)
+FAULT_ENV_PREFIX = "FRAUDMODEL_FAULT_"
+RESERVED_ENV_MESSAGE = (
+    "env names the operator sets from the spec (model name, version, track, threshold, "
+    "feature schema, model tag or URI, port) and FRAUDMODEL_FAULT_* are reserved"
+)
+
+
 class ServingSpec(_Model):
     """How each track's pods run."""
 
     model_config = ConfigDict(
         json_schema_extra=_cel(
             (
-                "!has(self.env) || self.env.all(e, !e.name.startsWith('FRAUDMODEL_'))",
-                "env names starting with FRAUDMODEL_ are reserved for the operator",
+                "!has(self.env) || self.env.all(e, !(e.name in ["
+                + ", ".join(f"'{name}'" for name in OPERATOR_ENV)
+                + f"]) && !e.name.startsWith('{FAULT_ENV_PREFIX}'))",
+                RESERVED_ENV_MESSAGE,
             ),
         )
     )
@@ -203,7 +226,12 @@ class ServingSpec(_Model):
     )
     autoscaling: Autoscaling | None = Field(default=None, description="Per-track HPA; when set, `replicas` is ignored.")
     resources: ResourceRequirements = Field(default_factory=ResourceRequirements, description="Container resources.")
-    env: list[EnvVar] = Field(default_factory=list, max_length=64, description="Extra environment variables.")
+    env: list[EnvVar] = Field(
+        default_factory=list,
+        max_length=64,
+        description="Extra environment variables, e.g. the bento's FRAUDMODEL_WORKERS, FRAUDMODEL_ADAPTIVE_BATCHING "
+        "or FRAUDMODEL_TRACING. Those the operator sets from the spec, and FRAUDMODEL_FAULT_*, are reserved.",
+    )
     pod_annotations: dict[str, str] = Field(default_factory=dict, description="Extra pod annotations.")
     pod_labels: dict[str, str] = Field(default_factory=dict, description="Extra pod labels.")
     node_selector: dict[str, str] = Field(default_factory=dict, description="Pod node selector.")
@@ -219,8 +247,8 @@ class ServingSpec(_Model):
     @classmethod
     def _reserved_env(cls, env: list[EnvVar]) -> list[EnvVar]:
         for var in env:
-            if var.name.startswith("FRAUDMODEL_"):
-                raise ValueError("env names starting with FRAUDMODEL_ are reserved for the operator")
+            if var.name in OPERATOR_ENV or var.name.startswith(FAULT_ENV_PREFIX):
+                raise ValueError(f"{var.name}: {RESERVED_ENV_MESSAGE}")
         return env
 
 

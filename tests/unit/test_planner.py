@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
-from fraudmodel_operator.api import FraudModelStatus
+from fraudmodel_operator.api import OPERATOR_ENV, FraudModelStatus, TrackStatus, revision_of
 from fraudmodel_operator.planner import plan_children, replicas_for_weight
-from tests.unit.factories import canary, fraudmodel, track
+from tests.unit.factories import canary, fraudmodel, model, track
 
 
 def by_name(children: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
@@ -157,3 +157,19 @@ def test_stable_track_serves_the_status_model_not_the_spec() -> None:
     children = by_name(plan_children(fraudmodel("v2", status=status)))
     image = children[("Deployment", "bot-stable")]["spec"]["template"]["spec"]["containers"][0]["image"]
     assert image == "bot:v1"
+
+
+def test_every_variable_the_operator_sets_is_reserved_and_tuning_knobs_pass_through() -> None:
+    """What the planner sets from the spec, a FraudModel's serving.env must not override;
+    the bento's own tuning knobs reach the container."""
+    m = model("v1", tag="bot:v1", uri="s3://models/bot/v1")
+    stable = TrackStatus(version="v1", image=m.image, revision=revision_of(m), model=m, weight=100)
+    fm = fraudmodel(
+        status=FraudModelStatus(stable=stable), serving={"env": [{"name": "FRAUDMODEL_WORKERS", "value": "2"}]}
+    )
+    deployment = by_name(plan_children(fm))[("Deployment", "bot-stable")]
+    env = deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+    names = [e["name"] for e in env]
+    assert {"FRAUDMODEL_MODEL_TAG", "FRAUDMODEL_MODEL_URI"} <= set(names)
+    assert set(names) - {"TMPDIR", "FRAUDMODEL_WORKERS"} <= set(OPERATOR_ENV)
+    assert {"name": "FRAUDMODEL_WORKERS", "value": "2"} in env

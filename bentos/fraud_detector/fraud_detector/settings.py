@@ -87,7 +87,7 @@ class Settings:
     tracing: bool = False
     # Fault injection, for rollout tests and game days only (off unless set): a share of
     # scoring calls fails with a 500, and every scoring call is delayed. The operator
-    # reserves FRAUDMODEL_* in a FraudModel's env, so a FraudModel cannot turn them on.
+    # reserves FRAUDMODEL_FAULT_* in a FraudModel's env, so a FraudModel cannot turn them on.
     fault_error_rate: float = 0.0
     fault_delay_ms: int = 0
 
