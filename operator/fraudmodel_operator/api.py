@@ -185,6 +185,32 @@ class Toleration(_Model):
     toleration_seconds: int | None = Field(default=None, ge=0, description="How long to tolerate NoExecute.")
 
 
+# The user and group `bentoml containerize` creates in a bento image (BentoML's
+# BENTO_UID_GID) and ends the image with (`USER bentoml`, a name): the kubelet
+# refuses a name with runAsNonRoot, so pods run with these numeric ids.
+BENTO_UID = 1034
+BENTO_GID = 1034
+MAX_ID = 2**31 - 1
+
+
+class PodSecurity(_Model):
+    """Numeric user and group of the model pods; the rest of the restricted profile is fixed."""
+
+    run_as_user: int = Field(
+        default=BENTO_UID,
+        ge=1,
+        le=MAX_ID,
+        description="UID the model container runs as; not 0 (Pod Security restricted). "
+        "Default 1034, the bentoml user of images built by `bentoml containerize`.",
+    )
+    run_as_group: int = Field(
+        default=BENTO_GID, ge=0, le=MAX_ID, description="Primary GID of the model container. Default 1034."
+    )
+    fs_group: int | None = Field(
+        default=None, ge=0, le=MAX_ID, description="Group that owns the pod's volumes (default: none)."
+    )
+
+
 # The environment the operator sets on every model container from the spec, which a
 # FraudModel's serving.env must not override, and the bento's fault injection, which
 # only tests and game days use. The bento's tuning knobs (FRAUDMODEL_WORKERS,
@@ -241,6 +267,11 @@ class ServingSpec(_Model):
     )
     automount_service_account_token: bool = Field(
         default=False, description="Mount the ServiceAccount token; off unless the model needs the API."
+    )
+    security_context: PodSecurity = Field(
+        default_factory=PodSecurity,
+        description="User and group ids of the model pods (must match the image's user); the pods are "
+        "otherwise always non-root, read-only, with all capabilities dropped and seccomp RuntimeDefault.",
     )
 
     @field_validator("env")

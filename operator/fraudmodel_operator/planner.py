@@ -130,6 +130,20 @@ def _probe(path: str, period: int, failures: int) -> dict[str, Any]:
     }
 
 
+def _pod_security(serving: ServingSpec) -> dict[str, Any]:
+    """Pod Security "restricted", with numeric ids: the kubelet refuses runAsNonRoot with a named image user."""
+    ids = serving.security_context
+    context: dict[str, Any] = {
+        "runAsNonRoot": True,
+        "runAsUser": ids.run_as_user,
+        "runAsGroup": ids.run_as_group,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    if ids.fs_group is not None:
+        context["fsGroup"] = ids.fs_group
+    return context
+
+
 def _pod_spec(fm: FraudModel, plan: TrackPlan) -> dict[str, Any]:
     serving: ServingSpec = fm.spec.serving
     container = {
@@ -152,7 +166,7 @@ def _pod_spec(fm: FraudModel, plan: TrackPlan) -> dict[str, Any]:
     }
     pod: dict[str, Any] = {
         "automountServiceAccountToken": serving.automount_service_account_token,
-        "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+        "securityContext": _pod_security(serving),
         "terminationGracePeriodSeconds": 30,
         "containers": [container],
         "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}}],

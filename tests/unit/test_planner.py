@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from fraudmodel_operator.api import OPERATOR_ENV, FraudModelStatus, TrackStatus, revision_of
 from fraudmodel_operator.planner import plan_children, replicas_for_weight
@@ -54,7 +55,13 @@ def test_pods_are_hardened_probed_and_scraped() -> None:
     deployment = by_name(plan_children(fraudmodel(status=STABLE_ONLY)))[("Deployment", "bot-stable")]
     pod = deployment["spec"]["template"]["spec"]
     container = pod["containers"][0]
-    assert pod["securityContext"] == {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
+    # Numeric ids: with runAsNonRoot the kubelet refuses an image whose USER is a name (bentoml's).
+    assert pod["securityContext"] == {
+        "runAsNonRoot": True,
+        "runAsUser": 1034,
+        "runAsGroup": 1034,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
     assert pod["automountServiceAccountToken"] is False
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert container["securityContext"]["allowPrivilegeEscalation"] is False
@@ -67,6 +74,26 @@ def test_pods_are_hardened_probed_and_scraped() -> None:
     assert annotations["prometheus.io/port"] == "3000"
     env = {e["name"]: e["value"] for e in container["env"]}
     assert (env["FRAUDMODEL_TRACK"], env["FRAUDMODEL_VERSION"], env["FRAUDMODEL_THRESHOLD"]) == ("stable", "v1", "0.5")
+
+
+def test_pod_ids_follow_the_fraudmodel() -> None:
+    fm = fraudmodel(
+        status=STABLE_ONLY, serving={"securityContext": {"runAsUser": 65532, "runAsGroup": 0, "fsGroup": 2000}}
+    )
+    pod = by_name(plan_children(fm))[("Deployment", "bot-stable")]["spec"]["template"]["spec"]
+    assert pod["securityContext"] == {
+        "runAsNonRoot": True,
+        "runAsUser": 65532,
+        "runAsGroup": 0,
+        "fsGroup": 2000,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+@pytest.mark.parametrize("ids", [{"runAsUser": 0}, {"runAsUser": -1}, {"runAsGroup": 2**31}, {"privileged": True}])
+def test_pod_ids_outside_the_restricted_profile_are_refused(ids: dict[str, object]) -> None:
+    with pytest.raises(ValidationError):
+        fraudmodel(status=STABLE_ONLY, serving={"securityContext": ids})
 
 
 def test_service_account_token_only_when_asked() -> None:
