@@ -23,7 +23,6 @@ import httpx
 import kopf
 from lightkube import AsyncClient
 from lightkube.config.kubeconfig import KubeConfig
-from prometheus_client import start_http_server
 
 from fraudmodel_operator import api
 from fraudmodel_operator.api import FraudModel, parse_duration
@@ -89,7 +88,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     if "runtime" not in memo:  # tests inject their own
         runtime = build_runtime(config, AsyncClient(config=KubeConfig.from_env()), httpx.AsyncClient())
         memo["runtime"] = runtime
-        start_http_server(config.metrics_port, registry=runtime.context.metrics.registry)
+        runtime.context.metrics.serve(config.metrics_port)
         log.info("operator metrics on :%d/metrics", config.metrics_port)
 
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import suppress
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from fraudmodel_operator.api import AnalysisStatus, Phase
 
@@ -61,6 +62,17 @@ class OperatorMetrics:
             registry=r,
         )
         self._phases: dict[tuple[str, str], Phase] = {}
+
+    def serve(self, port: int, addr: str = "0.0.0.0") -> Callable[[], None]:
+        """Serve `/metrics` on `addr:port` in a thread; returns a function that stops it."""
+        server, thread = start_http_server(port, addr=addr, registry=self.registry)
+
+        def stop() -> None:
+            server.shutdown()
+            server.server_close()
+            thread.join(timeout=5)
+
+        return stop
 
     def observe_phase(self, namespace: str, name: str, phase: Phase | None) -> None:
         key = (namespace, name)
