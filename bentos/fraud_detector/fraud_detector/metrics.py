@@ -13,9 +13,16 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from .evaluation import SCORE_BUCKETS
+__all__ = ["REJECT_REASONS", "ServiceMetrics", "score_buckets", "service_metrics"]
 
-__all__ = ["REJECT_REASONS", "ServiceMetrics", "service_metrics"]
+# Score histogram edges: log-spaced from 1e-5 to 1, five per decade. A fraud model's
+# scores pile up far below its threshold (99% of them under 0.05 at a 1% flag rate),
+# where 0.05-wide linear buckets put ~98% in the first bucket: drift in the bulk and
+# in the tail was invisible, and the dashboard's score quantiles meaningless.
+SCORE_DECADES = 5
+SCORE_STEPS_PER_DECADE = 5
+# Resolution inside the flagged region, where log edges thin out (0.63 -> 1).
+HIGH_SCORE_EDGES = (0.9, 0.99)
 
 REJECT_REASONS = (
     "missing_field",
@@ -38,17 +45,36 @@ class _Families:
     shed: Any
 
 
+def score_buckets(threshold: float) -> tuple[float, ...]:
+    """The score histogram's upper bounds: log-spaced 1e-5..1 (five per decade), 0.9 and 0.99,
+    and the decision threshold itself, so that `score <= threshold` vs `> threshold` is read
+    off one bucket edge (flags are `score >= threshold`: they differ only at ties).
+
+    Edges are rounded to three significant digits so `le` labels stay short and identical
+    across versions of this code; the operator compares only edges both tracks export.
+    """
+    steps = SCORE_DECADES * SCORE_STEPS_PER_DECADE
+    edges = {float(f"{10 ** (-SCORE_DECADES + i / SCORE_STEPS_PER_DECADE):.3g}") for i in range(steps + 1)}
+    edges.update(HIGH_SCORE_EDGES)
+    if 0.0 < threshold < 1.0:
+        edges.add(float(f"{threshold:.6g}"))
+    return tuple(sorted(edges))
+
+
 @functools.cache
-def _families() -> _Families:
+def _families(buckets: tuple[float, ...]) -> _Families:
+    """The metric families of this process. One bucket layout per process (prometheus_client
+    refuses to register a family twice), which holds: a process serves one threshold."""
     import prometheus_client as prom
 
     labels = ["model_version", "track"]
     return _Families(
         score=prom.Histogram(
             "fraud_model_score",
-            "Fraud scores returned, by model version and track (buckets every 0.05 for PSI).",
+            "Fraud scores returned, by model version and track (log-spaced buckets 1e-5..1, "
+            "the decision threshold is an edge).",
             labels,
-            buckets=SCORE_BUCKETS,
+            buckets=buckets,
         ),
         decisions=prom.Counter(
             "fraud_model_decisions",
@@ -73,8 +99,8 @@ class ServiceMetrics:
     """The metric children of one (model_version, track), created up front so
     every series exists (at zero) from the first scrape."""
 
-    def __init__(self, version: str, track: str) -> None:
-        f = _families()
+    def __init__(self, version: str, track: str, threshold: float = 0.5) -> None:
+        f = _families(score_buckets(threshold))
         self.score = f.score.labels(version, track)
         self.flag = f.decisions.labels(version, track, "flag")
         self.allow = f.decisions.labels(version, track, "allow")
@@ -99,5 +125,5 @@ class ServiceMetrics:
 
 
 @functools.cache
-def service_metrics(version: str, track: str) -> ServiceMetrics:
-    return ServiceMetrics(version, track)
+def service_metrics(version: str, track: str, threshold: float = 0.5) -> ServiceMetrics:
+    return ServiceMetrics(version, track, threshold)

@@ -71,7 +71,7 @@ def _version() -> str:
 
 @functools.cache
 def _metrics() -> ServiceMetrics:
-    return service_metrics(_version(), SETTINGS.track)
+    return service_metrics(_version(), SETTINGS.track, SETTINGS.threshold)
 
 
 _instances: list[FraudDetector] = []  # this worker's service instance, once BentoML has created it

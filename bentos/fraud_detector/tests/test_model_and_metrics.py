@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,7 @@ import torch
 from fraud_detector import model as model_io
 from fraud_detector.data import generate
 from fraud_detector.evaluation import SCORE_BUCKETS, average_precision, evaluate, psi, recall_at_fpr, roc_auc
+from fraud_detector.metrics import score_buckets
 from fraud_detector.model import FraudNet
 from fraud_detector.schema import FEATURE_NAMES
 
@@ -83,3 +85,28 @@ def test_buckets_every_005_to_1() -> None:
 def test_evaluate_flag_rate() -> None:
     m = evaluate(np.array([0, 0, 0, 1]), np.array([0.1, 0.6, 0.2, 0.9]), threshold=0.5)
     assert (m.flag_rate, m.base_rate, m.rows) == (0.5, 0.25, 4)
+
+
+@pytest.mark.parametrize(
+    "threshold", [0.5, 0.37, 0.01, 0.0, 1.0], ids=["default", "between-edges", "on-edge", "0", "1"]
+)
+def test_score_buckets_log_spaced_with_the_threshold_as_an_edge(threshold: float) -> None:
+    edges = score_buckets(threshold)
+    assert edges == tuple(sorted(set(edges)))
+    assert edges[0] == 1e-5
+    assert edges[-1] == 1.0
+    if 0 < threshold < 1:
+        assert threshold in edges
+    # five edges per decade below the threshold: a 1% flag rate's bulk (1e-4..0.05) gets ~14 buckets
+    assert sum(1e-4 <= e <= 0.05 for e in edges) >= 13
+    ratios = [b / a for a, b in pairwise(edges) if b <= 0.1]
+    assert max(ratios) <= 1.6, ratios
+
+
+def test_score_buckets_see_a_fraud_models_scores() -> None:
+    """~98% of scores fell in the first of the old linear buckets; now no bucket holds more than a fifth."""
+    rng = np.random.default_rng(3)
+    scores = np.exp(rng.normal(np.log(2e-3), 1.5, 100_000))  # a fraud model: most scores far below 0.5
+    bucket = np.searchsorted(np.array(score_buckets(0.5)), np.clip(scores, 0, 1), side="left")  # le semantics
+    counts = np.bincount(bucket)
+    assert counts.max() / counts.sum() < 0.2
