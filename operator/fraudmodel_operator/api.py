@@ -654,8 +654,14 @@ class TrackStatus(_Model):
 
 
 class CanaryStatus(TrackStatus):
-    """The canary track and its rollout progress."""
+    """The canary track and its rollout progress (`weight` is the step's weight)."""
 
+    effective_weight: int | None = Field(
+        default=None,
+        description="Percent of requests the canary really gets, read back from the router at the last "
+        "reconcile (replicaRatio: its share of the ready pods behind the shared Service). It lags `weight` "
+        "until the canary has ready pods for the step, and differs where replica counts cannot express it.",
+    )
     step: int = Field(default=0, description="Index of the current step (0-based).")
     failed_checks: int = Field(default=0, description="Consecutive failed analyses.")
     inconclusive_checks: int = Field(default=0, description="Consecutive inconclusive analyses.")
@@ -719,6 +725,11 @@ class FraudModelStatus(_Model):
     canary: CanaryStatus | None = Field(default=None, description="The canary track while a rollout runs.")
     rolled_back_revision: str | None = Field(
         default=None, description="Revision of spec.model last rolled back; not retried until retry or change."
+    )
+    traffic_routing: TrafficRouting | None = Field(
+        default=None,
+        description="The router carrying the traffic now; when spec names another, this one is finalised "
+        "(all traffic to stable, canary routes removed) before the new one takes over.",
     )
     retry_token: str | None = Field(default=None, description="Last retry annotation value acted on.")
     rollbacks: int = Field(default=0, description="Rollbacks so far.")

@@ -16,17 +16,28 @@ def _degraded_reason(status: FraudModelStatus) -> str:
     return "InvalidSpec" if status.phase == Phase.FAILED else ""
 
 
-def desired_conditions(status: FraudModelStatus, failure_reason: str = "") -> list[tuple[str, Status, str, str]]:
-    """`(type, status, reason, message)` for Ready, Progressing and Degraded."""
+def desired_conditions(
+    status: FraudModelStatus, failure_reason: str = "", failure_message: str = ""
+) -> list[tuple[str, Status, str, str]]:
+    """`(type, status, reason, message)` for Ready, Progressing and Degraded.
+
+    A `failure_message` (e.g. `ApplyFailed`: the API server refused a child) makes Degraded True
+    whatever the phase, and keeps Ready False: what was asked for is not what runs."""
     phase, message = status.phase, status.message
-    ready: Status = "True" if phase == Phase.READY else "False"
+    ready: Status = "True" if phase == Phase.READY and not failure_message else "False"
     progressing: Status = "True" if phase in (Phase.PENDING, Phase.PROGRESSING) else "False"
-    degraded: Status = "True" if phase in (Phase.ROLLED_BACK, Phase.FAILED) else "False"
+    degraded: Status = "True" if phase in (Phase.ROLLED_BACK, Phase.FAILED) or failure_message else "False"
     reason = failure_reason or _degraded_reason(status)
+    detail = failure_message or message
     return [
-        ("Ready", ready, "Serving" if ready == "True" else str(phase), message),
+        (
+            "Ready",
+            ready,
+            "Serving" if ready == "True" else (failure_reason if failure_message else str(phase)),
+            message,
+        ),
         ("Progressing", progressing, "RolloutInProgress" if progressing == "True" else str(phase), message),
-        ("Degraded", degraded, reason if degraded == "True" else "AsExpected", message if degraded == "True" else ""),
+        ("Degraded", degraded, reason if degraded == "True" else "AsExpected", detail if degraded == "True" else ""),
     ]
 
 

@@ -121,6 +121,22 @@ class NotServable(Exception):
     """The cluster cannot take an object we planned (e.g. a router's CRD is not installed)."""
 
 
+class WriteRefused(Exception):
+    """The API server refused one write (admission webhook, quota, validation): names the object and says why."""
+
+    def __init__(self, kind: str, name: str, message: str) -> None:
+        self.kind, self.name, self.message = kind, name, message
+        super().__init__(f"{kind} {name}: {message}")
+
+
+def _refusal(exc: Exception) -> str | None:
+    """The API server's words when it answered a write with an error status (None: no answer at all)."""
+    if isinstance(exc, ApiError):
+        return exc.status.message or exc.status.reason or f"HTTP {exc.status.code}"
+    code = _code(exc)
+    return None if code is None else f"HTTP {code}"
+
+
 @dataclass
 class KubeClient:
     """`Kube` over the Kubernetes API (lightkube), counting requests for metrics and benchmarks."""
@@ -152,6 +168,9 @@ class KubeClient:
                     f"{manifest['kind']} ({manifest['apiVersion']}) is not served by this cluster: "
                     "install its CRD or choose another traffic router"
                 ) from exc
+            refusal = _refusal(exc)
+            if refusal is not None:
+                raise WriteRefused(manifest["kind"], manifest["metadata"]["name"], refusal) from exc
             raise
 
     async def delete(self, api_version: str, kind: str, namespace: str, name: str) -> None:
@@ -159,8 +178,12 @@ class KubeClient:
         try:
             await self.client.delete(_resource(api_version, kind), name, namespace=namespace)
         except Exception as exc:
-            if _code(exc) != 404:
-                raise
+            if _code(exc) == 404:
+                return
+            refusal = _refusal(exc)
+            if refusal is not None:
+                raise WriteRefused(kind, name, f"delete refused: {refusal}") from exc
+            raise
 
     async def patch_status(self, namespace: str, name: str, patch: dict[str, Any]) -> None:
         self._count("patch_status")

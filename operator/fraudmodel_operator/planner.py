@@ -69,13 +69,22 @@ def replicas_for_weight(total: int, weight: int) -> int:
     return max(1, math.ceil(total * weight / 100))
 
 
-def plan_tracks(fm: FraudModel) -> list[TrackPlan]:
-    """The tracks to run, from the status (which models) and the spec (how many pods)."""
+def plan_tracks(fm: FraudModel, routed: int | None = None) -> list[TrackPlan]:
+    """The tracks to run, from the status (which models) and the spec (how many pods).
+
+    `routed` is the canary weight the router carries in this reconcile (it lags the step's
+    weight until the canary has the pods for it; see ordering.route_weight); by default the
+    step's weight. The canary is sized for its step, the stable for what is routed, so with
+    the replica-ratio router the stable shrinks only once the canary's pods are ready (the
+    surge Argo Rollouts makes too) and grows back at once when the canary loses its traffic.
+    With autoscaling the stable HPA keeps its floor whatever the router.
+    """
     serving = fm.spec.serving
     status = fm.status
     stable_model = status.stable.model or fm.spec.model
     canary = status.canary
     canary_weight = canary.weight if canary else 0
+    routed = canary_weight if routed is None else routed
     replica_ratio = fm.spec.rollout.traffic_routing.kind == "replicaRatio"
     auto = serving.autoscaling
     total = auto.min_replicas if auto else serving.replicas
@@ -85,14 +94,21 @@ def plan_tracks(fm: FraudModel) -> list[TrackPlan]:
     elif canary is not None and canary_pods == 0:
         canary_pods = 1  # a canary without traffic still runs one pod, to warm up and be analysed
     stable_pods = total
-    if replica_ratio and canary is not None and canary_weight > 0:
-        # The split *is* the replica ratio: take the canary's pods from the stable.
-        stable_pods = max(1, total - canary_pods) if canary_weight < 100 else 0
+    if replica_ratio and auto is None and canary is not None and not canary.promoting and routed > 0:
+        # The split *is* the replica ratio: the canary's routed pods come out of the stable.
+        stable_pods = max(1, total - replicas_for_weight(total, routed))
     max_replicas = auto.max_replicas if auto else None
-    tracks = [TrackPlan("stable", stable_model, 100 - canary_weight, stable_pods, max_replicas)]
+    tracks = [TrackPlan("stable", stable_model, 100 - routed, stable_pods, max_replicas)]
     if canary is not None and canary.model is not None:
         tracks.append(TrackPlan("canary", canary.model, canary_weight, canary_pods, max_replicas))
     return tracks
+
+
+def shared_selects_canary(fm: FraudModel, routed: int) -> bool:
+    """Whether the shared Service selects canary pods: only with the replica-ratio router, and only
+    while the canary is routed traffic (a warming or rolled-back canary takes none). With a mesh or
+    ingress router the router alone sends traffic to the canary; clients that bypass it reach stable."""
+    return fm.spec.rollout.traffic_routing.kind == "replicaRatio" and fm.status.canary is not None and routed > 0
 
 
 # ---------------------------------------------------------------- manifests
@@ -209,14 +225,15 @@ def plan_deployment(fm: FraudModel, plan: TrackPlan) -> Manifest:
     }
 
 
-def plan_service(fm: FraudModel, track: Track | None, model: ModelSpec) -> Manifest:
+def plan_service(fm: FraudModel, track: Track | None, model: ModelSpec, both: bool = False) -> Manifest:
+    """A track's Service, or (track None) the shared one, which selects the stable pods unless `both`."""
     return {
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": _meta(fm, child_name(fm.metadata.name, track), track, model),
         "spec": {
             "type": "ClusterIP",
-            "selector": selector_labels(fm.metadata.name, track),
+            "selector": selector_labels(fm.metadata.name, track or (None if both else "stable")),
             "ports": [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}],
         },
     }
@@ -275,10 +292,13 @@ def plan_pdb(fm: FraudModel, plan: TrackPlan) -> Manifest:
     }
 
 
-def plan_children(fm: FraudModel) -> list[Manifest]:
-    """Every child the FraudModel should own right now (router objects are planned by the router)."""
-    tracks = plan_tracks(fm)
-    children: list[Manifest] = [plan_service(fm, None, tracks[0].model)]
+def plan_children(fm: FraudModel, routed: int | None = None) -> list[Manifest]:
+    """Every child the FraudModel should own right now (router objects are planned by the router).
+
+    `routed`: the canary weight routed in this reconcile (default: the step's weight)."""
+    routed = (fm.status.canary.weight if fm.status.canary else 0) if routed is None else routed
+    tracks = plan_tracks(fm, routed)
+    children: list[Manifest] = [plan_service(fm, None, tracks[0].model, shared_selects_canary(fm, routed))]
     for plan in tracks:
         children.append(plan_deployment(fm, plan))
         children.append(plan_service(fm, plan.track, plan.model))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -19,11 +19,12 @@ from pydantic import ValidationError
 from fraudmodel_operator.analysis import MetricProvider, run_analysis
 from fraudmodel_operator.api import FraudModel, FraudModelStatus, Phase, SpecError, parse_fraudmodel
 from fraudmodel_operator.conditions import desired_conditions, merge_conditions
-from fraudmodel_operator.kube import Kube, Manifest, NotServable, merge_patch, up_to_date, with_owner
+from fraudmodel_operator.kube import Kube, Manifest, NotServable, WriteRefused, merge_patch, with_owner
 from fraudmodel_operator.metrics import OperatorMetrics
-from fraudmodel_operator.planner import child_name, plan_children
+from fraudmodel_operator.ordering import Write, WritePlan, plan_writes, route_weight
+from fraudmodel_operator.planner import child_name, plan_children, plan_tracks
 from fraudmodel_operator.rollout import Controls, Event, Observed, analysis_due, next_status, rollout_deadline
-from fraudmodel_operator.routers import router_for
+from fraudmodel_operator.routers import ReplicaRatioRouter, TrafficRouter, router_for, router_from
 
 log = logging.getLogger(__name__)
 
@@ -53,30 +54,41 @@ def status_caught_up(body: Mapping[str, Any], written: dict[str, Any]) -> bool:
     return merge_patch(_old_status(body), written) is None
 
 
-def deployment_ready(live: Manifest | None, image: str | None) -> tuple[int, int]:
-    """`(ready, desired)` pods of a Deployment whose rollout to `image` has finished (else ready is 0)."""
+def deployment_ready(live: Manifest | None, image: str | None, strict: bool = False) -> tuple[int, int]:
+    """`(ready, desired)` pods of a Deployment running `image`, counted only once its rollout has finished.
+
+    `strict`: pods of the *current* spec only, as a hand-over needs: while the controller has not
+    observed the latest generation (a threshold or URI change keeps the image), none are. Otherwise
+    (capacity, e.g. a canary being scaled up) the ready pods of the last observed template count.
+    """
     if not live:
         return 0, 0
     spec, status = live.get("spec") or {}, live.get("status") or {}
     desired = int(spec.get("replicas", 1))
     containers = (((spec.get("template") or {}).get("spec") or {}).get("containers")) or [{}]
     current = status.get("observedGeneration", 0) >= live.get("metadata", {}).get("generation", 0)
-    updated = int(status.get("updatedReplicas") or 0) >= desired
+    updated = int(status.get("updatedReplicas") or 0)
     if image is not None and containers[0].get("image") != image:
         return 0, desired
+    if strict and not current:
+        return 0, desired
     ready = int(status.get("readyReplicas") or 0)
-    return (ready if current and updated else min(ready, int(status.get("updatedReplicas") or 0))), desired
+    return (ready if current and updated >= desired else min(ready, updated)), desired
 
 
 def observe(fm: FraudModel, live: LiveChildren) -> Observed:
+    """Ready pods per track. The stable counts as ready only at its full planned size (an HPA floor
+    the Deployment has not reached yet is not ready), with every pod on the current spec."""
     name = fm.metadata.name
     stable_image = fm.status.stable.image
     canary_image = fm.status.canary.image if fm.status.canary else None
-    stable_ready, stable_desired = deployment_ready(live.get(("Deployment", child_name(name, "stable"))), stable_image)
+    stable_live = live.get(("Deployment", child_name(name, "stable")))
+    stable_ready, stable_desired = deployment_ready(stable_live, stable_image, strict=True)
     canary_ready, _ = deployment_ready(live.get(("Deployment", child_name(name, "canary"))), canary_image)
+    planned = plan_tracks(fm)[0].replicas
     return Observed(
         stable_ready=stable_ready,
-        stable_desired=stable_desired,
+        stable_desired=max(stable_desired, planned) if stable_live else 0,
         canary_ready=canary_ready,
         controls=Controls.from_annotations(dict(fm.metadata.annotations)),
     )
@@ -137,27 +149,141 @@ async def _invalid(ctx: Context, body: Mapping[str, Any], error: SpecError, now:
     return Outcome(Phase.FAILED, int(written is not None), "invalid", written)
 
 
-async def apply_children(ctx: Context, fm: FraudModel, live: LiveChildren) -> int:
-    """Apply each planned child that differs from its live copy; delete owned children no longer planned."""
-    writes = 0
-    desired = [with_owner(m, fm) for m in plan_children(fm)]
-    wanted = {(m["kind"], m["metadata"]["name"]) for m in desired}
-    for manifest in desired:
-        if not up_to_date(manifest, live.get((manifest["kind"], manifest["metadata"]["name"]))):
-            log.debug("applying %s %s", manifest["kind"], manifest["metadata"]["name"])
-            await ctx.kube.apply(manifest)
+@dataclass(frozen=True)
+class Routing:
+    """The routers of one reconcile and what they carried when it began."""
+
+    router: TrafficRouter
+    weights: tuple[int, int] | None  # live (stable, canary) of the spec's router; None: not set up
+    old: TrafficRouter | None = None  # the router status says carries traffic, when spec names another
+    old_canary: int = 0
+
+    @property
+    def live_canary(self) -> int:
+        return (self.weights[1] if self.weights else 0) + self.old_canary
+
+
+async def read_routing(ctx: Context, fm: FraudModel, target: FraudModel) -> Routing:
+    """Read the router's live weights (`get_weights`), and the previous router's when spec switched."""
+    router = router_for(target, ctx.kube)
+    canary_involved = fm.status.canary is not None or target.status.canary is not None
+    weights = None
+    if canary_involved or not isinstance(router, ReplicaRatioRouter):
+        weights = await router.get_weights(target)
+    previous = fm.status.traffic_routing
+    if previous is None or previous == fm.spec.rollout.traffic_routing:
+        return Routing(router, weights)
+    old = router_from(previous, ctx.kube)
+    old_weights = await old.get_weights(fm)
+    return Routing(router, weights, old, old_weights[1] if old_weights else 0)
+
+
+@dataclass
+class Applied:
+    """What executing a write plan did."""
+
+    writes: int = 0
+    refused: list[str] = field(default_factory=list)  # "Kind name: the API server's message"
+    unservable: str = ""
+    routed: bool = True  # every route write succeeded
+    skipped: list[str] = field(default_factory=list)
+
+
+async def execute(ctx: Context, target: FraudModel, routing: Routing, plan: WritePlan) -> Applied:
+    """Run the writes one by one, in the plan's order. A refused write is collected, never raised:
+    the others still go through (writes that need the router to have moved are skipped)."""
+    done = Applied()
+    for write in plan.writes:
+        if write.needs_route and not done.routed:
+            done.skipped.append(f"{write.kind} {write.name}")
+            continue
+        try:
+            await _write(ctx, target, routing, write)
+        except WriteRefused as exc:
+            log.warning("%s/%s: %s refused: %s", target.metadata.namespace, target.metadata.name, write.verb, exc)
+            done.refused.append(str(exc))
+            done.routed = done.routed and write.verb not in ("route", "finalize-old") and write.rank != "reduce"
+            continue
+        except NotServable as exc:
+            done.unservable = str(exc)
+            done.routed = False
+            continue
+        if write.verb in ("apply", "delete"):
+            done.writes += 1
+    return done
+
+
+async def _write(ctx: Context, target: FraudModel, routing: Routing, write: Write) -> None:
+    match write.verb:
+        case "finalize-old":
+            assert routing.old is not None
+            await routing.old.finalize(target)
+        case "route":
+            if routing.weights is None:
+                await routing.router.reconcile(target)
+            if target.status.canary is None:
+                await routing.router.finalize(target)
+            else:
+                await routing.router.set_weights(target, 100 - write.weight, write.weight)
+        case "apply":
+            assert write.manifest is not None
+            log.debug("applying %s %s (%s)", write.kind, write.name, write.reason)
+            await ctx.kube.apply(write.manifest)
             ctx.metrics.writes.labels("apply").inc()
-            writes += 1
-    for (kind, name), obj in live.items():
-        if (kind, name) not in wanted:
-            await ctx.kube.delete(obj.get("apiVersion", ""), kind, fm.metadata.namespace, name)
+        case "delete":
+            assert write.manifest is not None
+            api_version = write.manifest.get("apiVersion", "")
+            await ctx.kube.delete(api_version, write.kind, target.metadata.namespace, write.name)
             ctx.metrics.writes.labels("delete").inc()
-            writes += 1
-    return writes
+
+
+def _canary_pods(target: FraudModel) -> int:
+    tracks = plan_tracks(target)
+    return tracks[1].replicas if len(tracks) > 1 else 0
+
+
+def _routed_status(
+    status: FraudModelStatus, fm: FraudModel, routing: Routing, routed: int, why: str, done: Applied
+) -> FraudModelStatus:
+    """The status with the router that carries traffic now and the canary's effective weight."""
+    update: dict[str, Any] = {}
+    if done.routed:
+        update["traffic_routing"] = fm.spec.rollout.traffic_routing
+    canary = status.canary
+    if canary is not None:
+        replica_ratio = isinstance(routing.router, ReplicaRatioRouter)
+        live = routing.weights[1] if routing.weights else 0
+        effective = routed if done.routed and (routed == 0 or not replica_ratio) else live
+        update["canary"] = canary.model_copy(update={"effective_weight": effective})
+        running = canary.rolled_back_at is None and not canary.promoting
+        if running and routed != canary.weight and status.phase == Phase.PROGRESSING:
+            update["message"] = f"{status.message} ({why})"
+    return status.model_copy(update=update)
+
+
+def _approximation(target: FraudModel, transition_events: tuple[Event, ...]) -> Event | None:
+    """A Warning when the replica-ratio router cannot express a new step's weight with the pods it has."""
+    canary = target.status.canary
+    if canary is None or not any(e.reason == "StepAdvanced" for e in transition_events):
+        return None
+    if target.spec.rollout.traffic_routing.kind != "replicaRatio":
+        return None
+    tracks = plan_tracks(target)
+    pods = [t.replicas for t in tracks]
+    share = round(100 * pods[1] / sum(pods)) if sum(pods) else 0
+    if abs(share - canary.weight) < 5:
+        return None
+    return Event(
+        "Warning",
+        "WeightApproximated",
+        f"step {canary.weight}% is served as {share}% by replica ratio ({pods[1]} canary of {sum(pods)} pods); "
+        "use more replicas or a traffic router for finer steps",
+    )
 
 
 async def reconcile(ctx: Context, body: Mapping[str, Any], live: LiveChildren, now: datetime, emit: Emit) -> Outcome:
-    """Bring one FraudModel's children and status in line with its spec. Never raises on bad input."""
+    """Bring one FraudModel's children and status in line with its spec. Never raises on bad input,
+    nor on a write the API server refuses: status is always written."""
     started = time.monotonic()
     try:
         fm = parse_fraudmodel(body)
@@ -175,28 +301,40 @@ async def reconcile(ctx: Context, body: Mapping[str, Any], live: LiveChildren, n
     transition = next_status(fm, observed, analysis, now)
     status = transition.status
     target = fm.model_copy(update={"status": status})
-    failure = ""
+    events = list(transition.events)
+    done = Applied()
+    routed, why = 0, ""
     try:
-        writes = await apply_children(ctx, target, live)
-        router = router_for(target, ctx.kube)
-        if status.canary is None:
-            await router.finalize(target)
-        else:
-            await router.set_weights(target, 100 - status.canary.weight, status.canary.weight)
+        routing = await read_routing(ctx, fm, target)
     except NotServable as exc:
-        failure = "RouterUnavailable"
-        writes = 0
-        status = status.model_copy(update={"phase": Phase.FAILED, "message": str(exc)})
-        if fm.status.message != str(exc):
-            emit(Event("Warning", failure, str(exc)))
+        done.unservable, done.routed = str(exc), False
+        routing = Routing(ReplicaRatioRouter(ctx.kube), None)
+    else:
+        routed, why = route_weight(target, observed.canary_ready, _canary_pods(target), routing.live_canary)
+        desired = [with_owner(m, target) for m in plan_children(target, routed)]
+        plan = plan_writes(fm, target, desired, live, routed, routing.live_canary, routing.old is not None)
+        done = await execute(ctx, target, routing, plan)
+        status = _routed_status(status, fm, routing, routed, why, done)
+    approximation = _approximation(target, transition.events)
+    if approximation is not None:
+        events.append(approximation)
+    failure, detail = "", ""
+    if done.unservable:
+        failure, detail = "RouterUnavailable", done.unservable
+        status = status.model_copy(update={"phase": Phase.FAILED, "message": done.unservable})
+    elif done.refused:
+        failure, detail = "ApplyFailed", "; ".join(done.refused)
     status = _with_replicas(status, fm, live)
     conditions = merge_conditions(
-        fm.status.conditions, desired_conditions(status, failure), fm.metadata.generation, now
+        fm.status.conditions, desired_conditions(status, failure, detail), fm.metadata.generation, now
     )
     status = status.model_copy(update={"conditions": conditions})
+    previous = next((c for c in fm.status.conditions if c.type == "Degraded"), None)
+    if failure and (previous is None or previous.reason != failure or previous.message != detail):
+        events.append(Event("Warning", failure, detail))
     written = await _patch_status(ctx, body, status)
-    writes += int(written is not None)
-    for event in transition.events:
+    writes = done.writes + int(written is not None)
+    for event in events:
         emit(event)
         if event.reason == "RolledBack" and status.history:
             ctx.metrics.rollbacks.labels(ns, name, status.history[0].reason).inc()

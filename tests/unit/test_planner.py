@@ -48,7 +48,51 @@ def test_stable_only_children_and_labels() -> None:
     assert "app.kubernetes.io/version" not in deployment["spec"]["selector"]["matchLabels"], "selectors are immutable"
     assert deployment["spec"]["replicas"] == 3
     shared = children[("Service", "bot")]
-    assert "serving.riskml.io/track" not in shared["spec"]["selector"], "the shared Service selects both tracks"
+    assert shared["spec"]["selector"]["serving.riskml.io/track"] == "stable", "no canary: stable pods only"
+
+
+@pytest.mark.parametrize(
+    ("router", "weight", "routed", "both"),
+    [
+        ({"replicaRatio": {}}, 0, 0, False),
+        ({"replicaRatio": {}}, 10, 0, False),
+        ({"replicaRatio": {}}, 10, 10, True),
+        ({"istio": {"virtualService": "vs"}}, 30, 30, False),
+        ({"gatewayAPI": {"httpRoute": "r"}}, 30, 30, False),
+        ({"nginx": {"ingress": "i"}}, 30, 30, False),
+    ],
+    ids=["ratio-warming", "ratio-not-yet-routed", "ratio-routed", "istio", "gateway", "nginx"],
+)
+def test_shared_service_selects_canary_pods_only_while_replica_ratio_routes_them(
+    router: dict[str, Any], weight: int, routed: int, both: bool
+) -> None:
+    """A warming or rolled-back canary takes no traffic through the shared Service; with a mesh or ingress
+    router clients that bypass the router reach the stable only."""
+    status = FraudModelStatus(stable=track("v1", 100 - weight), canary=canary("v2", weight))
+    fm = fraudmodel("v2", status=status, serving={"replicas": 4}, rollout={"trafficRouting": router})
+    selector = by_name(plan_children(fm, routed))[("Service", "bot")]["spec"]["selector"]
+    assert ("serving.riskml.io/track" not in selector) is both
+    if not both:
+        assert selector["serving.riskml.io/track"] == "stable"
+
+
+@pytest.mark.parametrize(
+    ("routed", "stable_pods"), [(10, 9), (30, 7)], ids=["canary-not-ready-for-30", "canary-ready-for-30"]
+)
+def test_replica_ratio_stable_shrinks_only_for_routed_weight(routed: int, stable_pods: int) -> None:
+    """The canary is sized for its step at once; the stable gives up pods only once they are routed."""
+    status = FraudModelStatus(stable=track("v1", 70), canary=canary("v2", 30, step=2))
+    children = by_name(plan_children(fraudmodel("v2", status=status, serving={"replicas": 10}), routed))
+    assert children[("Deployment", "bot-canary")]["spec"]["replicas"] == 3
+    assert children[("Deployment", "bot-stable")]["spec"]["replicas"] == stable_pods
+
+
+def test_promotion_runs_the_new_stable_at_full_size_beside_the_canary() -> None:
+    """stepWeight == maxWeight == 100 deadlocked: the stable was planned at 0 pods while promoting."""
+    status = FraudModelStatus(stable=track("v2", 0), canary=canary("v2", 100, promoting=True))
+    children = by_name(plan_children(fraudmodel("v2", status=status, serving={"replicas": 4}), 100))
+    assert children[("Deployment", "bot-stable")]["spec"]["replicas"] == 4
+    assert children[("Deployment", "bot-canary")]["spec"]["replicas"] == 4
 
 
 def test_pods_are_hardened_probed_and_scraped() -> None:
@@ -136,18 +180,20 @@ def test_fixed_replicas_per_track(router: dict[str, Any], weight: int, stable_po
     assert children[("Service", "bot-canary")]["spec"]["selector"]["serving.riskml.io/track"] == "canary"
 
 
+@pytest.mark.parametrize("router", [{"istio": {"virtualService": "vs"}}, {"replicaRatio": {}}], ids=["istio", "ratio"])
 @pytest.mark.parametrize(
     ("weight", "canary_floor"),
     [(0, 1), (10, 1), (25, 1), (50, 2), (100, 4)],
     ids=["warming", "w10", "w25", "w50", "w100"],
 )
-def test_per_track_hpa_floor_follows_weight(weight: int, canary_floor: int) -> None:
+def test_per_track_hpa_floor_follows_weight(router: dict[str, Any], weight: int, canary_floor: int) -> None:
+    """The stable HPA keeps its floor whatever the router (it was lowered 4 -> 3 -> 2 by replica ratio)."""
     status = FraudModelStatus(stable=track("v1", 100 - weight), canary=canary("v2", weight))
     fm = fraudmodel(
         "v2",
         status=status,
         serving={"autoscaling": {"minReplicas": 4, "maxReplicas": 12}},
-        rollout={"trafficRouting": {"istio": {"virtualService": "vs"}}},
+        rollout={"trafficRouting": router},
     )
     children = by_name(plan_children(fm))
     stable_hpa = children[("HorizontalPodAutoscaler", "bot-stable")]["spec"]

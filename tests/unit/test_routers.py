@@ -139,17 +139,78 @@ async def test_istio_router_round_trip() -> None:
     assert await router.get_weights(fm) == (40, 60)
 
 
-async def test_replica_ratio_reads_weights_from_ready_pods() -> None:
+@pytest.mark.parametrize(
+    ("selector", "weights"),
+    [({"serving.riskml.io/track": "stable"}, (100, 0)), ({}, (70, 30))],
+    ids=["shared-service-selects-stable", "shared-service-selects-both"],
+)
+async def test_replica_ratio_reads_weights_from_ready_pods_behind_the_shared_service(
+    selector: dict[str, str], weights: tuple[int, int]
+) -> None:
     def deployment(ready: int) -> Manifest:
         return {"status": {"readyReplicas": ready}}
 
-    kube = FakeKube({("Deployment", "bot-stable"): deployment(7), ("Deployment", "bot-canary"): deployment(3)})
+    kube = FakeKube(
+        {
+            ("Service", "bot"): {"spec": {"selector": {"app.kubernetes.io/instance": "bot", **selector}}},
+            ("Deployment", "bot-stable"): deployment(7),
+            ("Deployment", "bot-canary"): deployment(3),
+        }
+    )
     fm = fraudmodel("v2", status=RUNNING)
     router = router_for(fm, kube)
     assert isinstance(router, ReplicaRatioRouter)
     await router.set_weights(fm, 70, 30)
     assert kube.applied == [], "replica ratio writes nothing itself"
-    assert await router.get_weights(fm) == (70, 30)
+    assert await router.get_weights(fm) == weights
+
+
+def test_nginx_canary_ingress_carries_only_the_fraudmodels_own_paths() -> None:
+    """Other Services' paths of a shared Ingress must never get canary traffic."""
+    shared: Manifest = {
+        "spec": {
+            "ingressClassName": "nginx",
+            "rules": [
+                {
+                    "host": "api.example.com",
+                    "http": {
+                        "paths": [
+                            {"path": "/score", "pathType": "Prefix", "backend": {"service": {"name": "bot"}}},
+                            {"path": "/pay", "pathType": "Prefix", "backend": {"service": {"name": "payments"}}},
+                        ]
+                    },
+                },
+                {
+                    "host": "other.example.com",
+                    "http": {"paths": [{"path": "/", "backend": {"service": {"name": "x"}}}]},
+                },
+            ],
+            "defaultBackend": {"service": {"name": "payments"}},
+        }
+    }
+    ingress = plan_canary_ingress(fraudmodel("v2", status=RUNNING), NginxRouting(ingress="api"), shared, 30)
+    assert ingress["spec"]["ingressClassName"] == "nginx"
+    assert "defaultBackend" not in ingress["spec"]
+    assert [r["host"] for r in ingress["spec"]["rules"]] == ["api.example.com"]
+    paths = ingress["spec"]["rules"][0]["http"]["paths"]
+    assert [(p["path"], p["backend"]["service"]["name"]) for p in paths] == [("/score", "bot-canary")]
+
+
+def test_nginx_ingress_without_a_path_to_the_fraudmodel_is_not_servable() -> None:
+    other: Manifest = {"spec": {"rules": [{"http": {"paths": [{"path": "/", "backend": {"service": {"name": "x"}}}]}}]}}
+    with pytest.raises(NotServable, match="no path"):
+        plan_canary_ingress(fraudmodel("v2", status=RUNNING), NginxRouting(ingress="api"), other, 30)
+
+
+async def test_finalize_drops_the_canary_backend_even_mid_rollout() -> None:
+    """A router switched mid-canary is finalised: no route may name a canary Service about to go."""
+    kube = FakeKube()
+    fm = fraudmodel("v2", status=RUNNING, rollout={"trafficRouting": {"gatewayAPI": {"httpRoute": "r"}}})
+    router = router_for(fm, kube)
+    await router.set_weights(fm, 70, 30)
+    await router.finalize(fm)
+    backends = kube.objects[("HTTPRoute", "r")]["spec"]["rules"][0]["backendRefs"]
+    assert [b["name"] for b in backends] == ["bot-stable"]
 
 
 def test_up_to_date_ignores_server_defaults_but_not_our_fields() -> None:

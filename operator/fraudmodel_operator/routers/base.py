@@ -33,3 +33,8 @@ async def apply_if_changed(kube: Kube, fm: FraudModel, manifest: Manifest) -> bo
         return False
     await kube.apply(desired)
     return True
+
+
+def without_canary(fm: FraudModel) -> FraudModel:
+    """`fm` as its router sees it once finalised: no canary to name in any route."""
+    return fm.model_copy(update={"status": fm.status.model_copy(update={"canary": None})})

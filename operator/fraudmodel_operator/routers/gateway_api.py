@@ -8,7 +8,7 @@ from typing import Any
 from fraudmodel_operator.api import FraudModel, GatewayAPIRouting
 from fraudmodel_operator.kube import Kube, Manifest
 from fraudmodel_operator.planner import child_name, common_labels
-from fraudmodel_operator.routers.base import apply_if_changed
+from fraudmodel_operator.routers.base import apply_if_changed, without_canary
 
 API_VERSION = "gateway.networking.k8s.io/v1"
 
@@ -60,4 +60,4 @@ class GatewayAPIRouter:
         return weights_of(live, fm.metadata.name)
 
     async def finalize(self, fm: FraudModel) -> None:
-        await self.set_weights(fm, 100, 0)
+        await self.set_weights(without_canary(fm), 100, 0)

@@ -8,7 +8,7 @@ from typing import Any
 from fraudmodel_operator.api import FraudModel, IstioRouting
 from fraudmodel_operator.kube import Kube, Manifest
 from fraudmodel_operator.planner import child_name, common_labels
-from fraudmodel_operator.routers.base import apply_if_changed
+from fraudmodel_operator.routers.base import apply_if_changed, without_canary
 
 API_VERSION = "networking.istio.io/v1"
 ROUTE = "primary"
@@ -62,4 +62,4 @@ class IstioRouter:
         return weights_of(live, fm)
 
     async def finalize(self, fm: FraudModel) -> None:
-        await self.set_weights(fm, 100, 0)
+        await self.set_weights(without_canary(fm), 100, 0)

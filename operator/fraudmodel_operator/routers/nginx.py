@@ -20,16 +20,33 @@ def canary_ingress_name(config: NginxRouting) -> str:
     return f"{config.ingress}-canary"
 
 
+def _own_backend(backend: Any, fm_name: str) -> bool:
+    """Whether an Ingress backend is this FraudModel's shared or stable Service."""
+    service = (backend or {}).get("service") or {}
+    return service.get("name") in (child_name(fm_name), child_name(fm_name, "stable"))
+
+
 def plan_canary_ingress(fm: FraudModel, config: NginxRouting, stable_ingress: Manifest, canary: int) -> Manifest:
-    """The user's Ingress rules, pointed at the canary Service, marked as an nginx canary with a weight."""
-    spec: dict[str, Any] = copy.deepcopy(stable_ingress.get("spec", {}))
-    spec.pop("tls", None)  # TLS is terminated by the primary Ingress
-    canary_service = child_name(fm.metadata.name, "canary")
-    for rule in spec.get("rules", []):
-        for path in (rule.get("http") or {}).get("paths", []):
-            path["backend"] = {"service": {"name": canary_service, "port": {"number": 80}}}
-    if "defaultBackend" in spec:
-        spec["defaultBackend"] = {"service": {"name": canary_service, "port": {"number": 80}}}
+    """The user's Ingress rules that lead to this FraudModel, pointed at the canary Service, marked as an
+    nginx canary with a weight. Paths to other Services are left out: they must never get canary traffic."""
+    source: dict[str, Any] = copy.deepcopy(stable_ingress.get("spec", {}))
+    name = fm.metadata.name
+    canary_backend = {"service": {"name": child_name(name, "canary"), "port": {"number": 80}}}
+    spec: dict[str, Any] = {k: v for k, v in source.items() if k not in ("tls", "rules", "defaultBackend")}
+    rules = []
+    for rule in source.get("rules", []):
+        paths = [p for p in (rule.get("http") or {}).get("paths", []) if _own_backend(p.get("backend"), name)]
+        if paths:
+            rules.append({**rule, "http": {"paths": [{**p, "backend": canary_backend} for p in paths]}})
+    if rules:
+        spec["rules"] = rules
+    if _own_backend(source.get("defaultBackend"), name):
+        spec["defaultBackend"] = canary_backend
+    if not rules and "defaultBackend" not in spec:
+        raise NotServable(
+            f"Ingress {config.ingress!r} (spec.rollout.trafficRouting.nginx) has no path to Service "
+            f"{child_name(name)!r} or {child_name(name, 'stable')!r}"
+        )
     return {
         "apiVersion": API_VERSION,
         "kind": "Ingress",
