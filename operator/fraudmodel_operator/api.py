@@ -733,7 +733,9 @@ class FraudModelStatus(_Model):
     )
     retry_token: str | None = Field(default=None, description="Last retry annotation value acted on.")
     rollbacks: int = Field(default=0, description="Rollbacks so far.")
-    conditions: list[Condition] = Field(default_factory=list, description="Ready, Progressing, Degraded.")
+    conditions: list[Condition] = Field(
+        default_factory=list, description="Ready, Progressing, Degraded; Reconciling and Stalled for kstatus."
+    )
     last_analysis: AnalysisStatus | None = Field(default=None, description="Latest canary analysis.")
     history: list[HistoryEntry] = Field(
         default_factory=list, max_length=HISTORY_LIMIT, description="Recent rollouts, newest first."

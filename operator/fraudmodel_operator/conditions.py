@@ -1,4 +1,10 @@
-"""kstatus conditions (Ready, Progressing, Degraded) from the phase. Pure."""
+"""Status conditions from the phase. Pure.
+
+Two audiences: humans, `kubectl wait` and Argo CD read Ready, Progressing and Degraded;
+kstatus (sigs.k8s.io/cli-utils, what Flux, kpt, Config Sync and kubectl tooling use) reads
+only Reconciling and Stalled (plus observedGeneration): Reconciling=True is InProgress,
+Stalled=True is Failed, neither is Current.
+"""
 
 from __future__ import annotations
 
@@ -16,10 +22,21 @@ def _degraded_reason(status: FraudModelStatus) -> str:
     return "InvalidSpec" if status.phase == Phase.FAILED else ""
 
 
+# phase -> (Reconciling, Stalled), as kstatus must read it.
+KSTATUS: dict[Phase, tuple[Status, Status]] = {
+    Phase.PENDING: ("True", "False"),  # InProgress
+    Phase.PROGRESSING: ("True", "False"),  # InProgress
+    Phase.PAUSED: ("True", "False"),  # InProgress: the rollout is not finished, it waits for a human
+    Phase.READY: ("False", "False"),  # Current
+    Phase.ROLLED_BACK: ("False", "True"),  # Failed: stays so until a new version or a retry
+    Phase.FAILED: ("False", "True"),  # Failed
+}
+
+
 def desired_conditions(
     status: FraudModelStatus, failure_reason: str = "", failure_message: str = ""
 ) -> list[tuple[str, Status, str, str]]:
-    """`(type, status, reason, message)` for Ready, Progressing and Degraded.
+    """`(type, status, reason, message)` for Ready, Progressing, Degraded, Reconciling and Stalled.
 
     A `failure_message` (e.g. `ApplyFailed`: the API server refused a child) makes Degraded True
     whatever the phase, and keeps Ready False: what was asked for is not what runs."""
@@ -27,7 +44,7 @@ def desired_conditions(
     ready: Status = "True" if phase == Phase.READY and not failure_message else "False"
     progressing: Status = "True" if phase in (Phase.PENDING, Phase.PROGRESSING) else "False"
     degraded: Status = "True" if phase in (Phase.ROLLED_BACK, Phase.FAILED) or failure_message else "False"
-    reason = failure_reason or _degraded_reason(status)
+    reason = failure_reason or _degraded_reason(status) or str(phase)
     detail = failure_message or message
     return [
         (
@@ -38,6 +55,16 @@ def desired_conditions(
         ),
         ("Progressing", progressing, "RolloutInProgress" if progressing == "True" else str(phase), message),
         ("Degraded", degraded, reason if degraded == "True" else "AsExpected", detail if degraded == "True" else ""),
+        *_kstatus(status, reason, detail),
+    ]
+
+
+def _kstatus(status: FraudModelStatus, failure_reason: str, detail: str) -> list[tuple[str, Status, str, str]]:
+    reconciling, stalled = KSTATUS[status.phase]
+    phase = str(status.phase)
+    return [
+        ("Reconciling", reconciling, phase, status.message if reconciling == "True" else ""),
+        ("Stalled", stalled, failure_reason if stalled == "True" else phase, detail if stalled == "True" else ""),
     ]
 
 

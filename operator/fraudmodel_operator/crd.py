@@ -191,6 +191,9 @@ def crd() -> dict[str, Any]:
     )
     status = openapi_schema(api.FraudModelStatus)
     status["description"] = "Observed state, written only by the operator."
+    # The API server serves a FraudModel the operator has not seen yet with observedGeneration 0
+    # (defaults apply on every read), so kstatus reads it as InProgress rather than Current.
+    status["default"] = {"observedGeneration": 0}
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
