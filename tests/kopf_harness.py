@@ -30,6 +30,7 @@ SERVICES = "v1/services"
 HPAS = "autoscaling/v2/horizontalpodautoscalers"
 PDBS = "policy/v1/poddisruptionbudgets"
 EVENTS = "v1/events"
+PODS = "v1/pods"
 NS = "default"
 ProviderFor = Callable[[FraudModel], MetricProvider]
 
@@ -178,6 +179,7 @@ async def operator_harness(provider_for: ProviderFor | None = None) -> AsyncIter
         (HPAS, "HorizontalPodAutoscaler", set()),
         (PDBS, "PodDisruptionBudget", set()),
         (EVENTS, "Event", set()),
+        (PODS, "Pod", {"status"}),
         ("v1/namespaces", "Namespace", set()),  # discovered (Kopf waits for it), never listed
         ("apiextensions.k8s.io/v1/customresourcedefinitions", "CustomResourceDefinition", set()),
     ):

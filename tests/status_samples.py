@@ -27,6 +27,7 @@ from fraudmodel_operator.api import ABORT_ANNOTATION, PAUSE_ANNOTATION, FraudMod
 from fraudmodel_operator.crd import crd
 from fraudmodel_operator.kube import Manifest
 from fraudmodel_operator.metrics import OperatorMetrics
+from fraudmodel_operator.pods import PodState
 from fraudmodel_operator.reconciler import Context, reconcile
 from fraudmodel_operator.rollout import Event
 from tests.component.test_rollout import metrics as flag_rate_answers
@@ -70,6 +71,7 @@ class Cluster:
     ready: set[str] = field(default_factory=set)  # Deployments whose pods are all ready
     provider: Provider = field(default_factory=Provider)
     events: list[Event] = field(default_factory=list)
+    pods: list[PodState] = field(default_factory=list)  # what the operator's pod index holds
 
     # the Kube protocol
     async def get(self, api_version: str, kind: str, namespace: str, name: str) -> Manifest | None:
@@ -100,7 +102,7 @@ class Cluster:
         """One pass of the operator's loop, `after` seconds after the previous one."""
         self.now += timedelta(seconds=after)
         context = Context(kube=self, metrics=OperatorMetrics(), provider_for=self._provider)
-        await reconcile(context, self.body, self.live(), self.now, self.events.append)
+        await reconcile(context, self.body, self.live(), self.now, self.events.append, self.pods)
 
     def _provider(self, _fm: FraudModel) -> MetricProvider:
         return self.provider
@@ -207,6 +209,28 @@ async def promoted(c: Cluster) -> None:
     await c.reconcile(5)
 
 
+def failing_pod(track: str, reason: str, message: str) -> PodState:
+    return PodState(name=f"fraud-detector-{track}-7d9c-x2", track=track, ready=False, waiting=(reason, message))
+
+
+async def image_pull_failed(c: Cluster) -> None:
+    """The stable pods of the first version cannot pull their image."""
+    c.pods = [failing_pod("stable", "ImagePullBackOff", 'Back-off pulling image "fraud-detector:v1"')]
+    await deploying(c)
+
+
+async def image_pull_failed_past_deadline(c: Cluster) -> None:
+    await image_pull_failed(c)
+    await c.reconcile(11 * 60)  # progressDeadline 10m
+
+
+async def canary_crash_loop(c: Cluster) -> None:
+    await spec_changed(c)
+    await c.reconcile()
+    c.pods = [failing_pod("canary", "CrashLoopBackOff", "back-off 40s restarting failed container=serving")]
+    await c.reconcile(30)
+
+
 async def invalid_spec(c: Cluster) -> None:
     await ready(c)
     c.body["spec"]["rollout"]["steps"] = [50, 20]
@@ -238,6 +262,11 @@ SCENARIOS = (
     Scenario("promoting", promoting, "Progressing", "promoting", "InProgress"),
     Scenario("promoted", promoted, "Healthy", "serving v2", "Current"),
     Scenario("invalid-spec", invalid_spec, "Degraded", "invalid spec", "Failed"),
+    Scenario("image-pull-failed", image_pull_failed, "Degraded", "ImagePullFailed: stable pod", "InProgress"),
+    Scenario(
+        "image-pull-failed-past-deadline", image_pull_failed_past_deadline, "Degraded", "ImagePullBackOff", "Failed"
+    ),
+    Scenario("canary-crash-loop", canary_crash_loop, "Degraded", "CrashLoopBackOff", "InProgress"),
 )
 
 

@@ -31,15 +31,17 @@ KSTATUS: dict[Phase, tuple[Status, Status]] = {
     Phase.ROLLED_BACK: ("False", "True"),  # Failed: stays so until a new version or a retry
     Phase.FAILED: ("False", "True"),  # Failed
 }
+STALLED: tuple[Status, Status] = ("False", "True")  # a failure outlived its deadline, whatever the phase
 
 
 def desired_conditions(
-    status: FraudModelStatus, failure_reason: str = "", failure_message: str = ""
+    status: FraudModelStatus, failure_reason: str = "", failure_message: str = "", stalled: bool = False
 ) -> list[tuple[str, Status, str, str]]:
     """`(type, status, reason, message)` for Ready, Progressing, Degraded, Reconciling and Stalled.
 
     A `failure_message` (e.g. `ApplyFailed`: the API server refused a child) makes Degraded True
-    whatever the phase, and keeps Ready False: what was asked for is not what runs."""
+    whatever the phase, and keeps Ready False: what was asked for is not what runs. `stalled`
+    (the failure outlived its deadline) makes Stalled True whatever the phase."""
     phase, message = status.phase, status.message
     ready: Status = "True" if phase == Phase.READY and not failure_message else "False"
     progressing: Status = "True" if phase in (Phase.PENDING, Phase.PROGRESSING) else "False"
@@ -55,12 +57,14 @@ def desired_conditions(
         ),
         ("Progressing", progressing, "RolloutInProgress" if progressing == "True" else str(phase), message),
         ("Degraded", degraded, reason if degraded == "True" else "AsExpected", detail if degraded == "True" else ""),
-        *_kstatus(status, reason, detail),
+        *_kstatus(status, reason, detail, stalled),
     ]
 
 
-def _kstatus(status: FraudModelStatus, failure_reason: str, detail: str) -> list[tuple[str, Status, str, str]]:
-    reconciling, stalled = KSTATUS[status.phase]
+def _kstatus(
+    status: FraudModelStatus, failure_reason: str, detail: str, past_deadline: bool
+) -> list[tuple[str, Status, str, str]]:
+    reconciling, stalled = STALLED if past_deadline else KSTATUS[status.phase]
     phase = str(status.phase)
     return [
         ("Reconciling", reconciling, phase, status.message if reconciling == "True" else ""),

@@ -29,6 +29,7 @@ from fraudmodel_operator.api import FraudModel, parse_duration
 from fraudmodel_operator.kube import KubeClient, Manifest
 from fraudmodel_operator.metrics import OperatorMetrics
 from fraudmodel_operator.planner import INSTANCE_LABEL, MANAGED_BY
+from fraudmodel_operator.pods import PodState, summarize
 from fraudmodel_operator.prometheus import PrometheusProvider
 from fraudmodel_operator.reconciler import Context, reconcile, status_caught_up
 from fraudmodel_operator.rollout import Event
@@ -111,6 +112,13 @@ def _owner(labels: Mapping[str, str]) -> str | None:
     return labels.get(INSTANCE_LABEL)
 
 
+def _wake_owner(namespace: str | None, labels: Mapping[str, str], memo: Any) -> None:
+    owner = _owner(labels)
+    runtime: Runtime | None = memo.get("runtime")
+    if owner and namespace and runtime is not None:
+        runtime.wake(namespace, owner)
+
+
 def _child_index(group: str, version: str, plural: str, kind: str) -> None:
     api_version = f"{group}/{version}" if group else version
 
@@ -121,10 +129,7 @@ def _child_index(group: str, version: str, plural: str, kind: str) -> None:
 
     @kopf.on.event(group, version, plural, labels=MANAGED, id=f"{plural}_wake")
     def wake(namespace: str | None, labels: Mapping[str, str], memo: Any, **_: Any) -> None:
-        owner = _owner(labels)
-        runtime: Runtime | None = memo.get("runtime")
-        if owner and namespace and runtime is not None:
-            runtime.wake(namespace, owner)
+        _wake_owner(namespace, labels, memo)
 
 
 CHILD_KINDS = (
@@ -135,6 +140,22 @@ CHILD_KINDS = (
 )
 for _group, _version, _plural, _kind in CHILD_KINDS:
     _child_index(_group, _version, _plural, _kind)
+
+
+@kopf.index("", "v1", "pods", labels=MANAGED, id="pods_index")
+def pods_index(namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any) -> Any:
+    """Each model pod's `PodState` (a few fields, not the object), by FraudModel."""
+    owner = _owner(labels)
+    return {(namespace, owner): summarize(body)} if owner else None
+
+
+@kopf.on.event("", "v1", "pods", labels=MANAGED, id="pods_wake")
+def pod_changed(namespace: str | None, labels: Mapping[str, str], memo: Any, **_: Any) -> None:
+    _wake_owner(namespace, labels, memo)
+
+
+def live_pods(indexes: Mapping[str, Any], namespace: str, name: str) -> list[PodState]:
+    return list(indexes["pods_index"].get((namespace, name), []))
 
 
 def live_children(indexes: Mapping[str, Any], namespace: str, name: str) -> dict[tuple[str, str], Manifest]:
@@ -171,7 +192,8 @@ async def fraudmodel_loop(
             wakeup.clear()
             try:
                 live = live_children(kwargs, namespace, name)
-                outcome = await reconcile(runtime.context, body, live, datetime.now(UTC), emit)
+                pods = live_pods(kwargs, namespace, name)
+                outcome = await reconcile(runtime.context, body, live, datetime.now(UTC), emit, pods)
                 if outcome.status is not None:
                     await _caught_up(body, outcome.status, stopped)
             except Exception:  # one FraudModel's failure never stops the others, nor its own loop

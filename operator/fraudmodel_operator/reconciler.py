@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -17,12 +17,13 @@ from typing import Any
 from pydantic import ValidationError
 
 from fraudmodel_operator.analysis import MetricProvider, run_analysis
-from fraudmodel_operator.api import FraudModel, FraudModelStatus, Phase, SpecError, parse_fraudmodel
+from fraudmodel_operator.api import FraudModel, FraudModelStatus, Phase, SpecError, parse_duration, parse_fraudmodel
 from fraudmodel_operator.conditions import desired_conditions, merge_conditions
 from fraudmodel_operator.kube import Kube, Manifest, NotServable, WriteRefused, merge_patch, with_owner
 from fraudmodel_operator.metrics import OperatorMetrics
 from fraudmodel_operator.ordering import Write, WritePlan, plan_writes, route_weight
 from fraudmodel_operator.planner import child_name, plan_children, plan_tracks
+from fraudmodel_operator.pods import PodState, pod_problem, stalled_by_pods
 from fraudmodel_operator.rollout import Controls, Event, Observed, analysis_due, next_status, rollout_deadline
 from fraudmodel_operator.routers import ReplicaRatioRouter, TrafficRouter, router_for, router_from
 
@@ -281,7 +282,9 @@ def _approximation(target: FraudModel, transition_events: tuple[Event, ...]) -> 
     )
 
 
-async def reconcile(ctx: Context, body: Mapping[str, Any], live: LiveChildren, now: datetime, emit: Emit) -> Outcome:
+async def reconcile(
+    ctx: Context, body: Mapping[str, Any], live: LiveChildren, now: datetime, emit: Emit, pods: Sequence[PodState] = ()
+) -> Outcome:
     """Bring one FraudModel's children and status in line with its spec. Never raises on bad input,
     nor on a write the API server refuses: status is always written."""
     started = time.monotonic()
@@ -324,9 +327,13 @@ async def reconcile(ctx: Context, body: Mapping[str, Any], live: LiveChildren, n
         status = status.model_copy(update={"phase": Phase.FAILED, "message": done.unservable})
     elif done.refused:
         failure, detail = "ApplyFailed", "; ".join(done.refused)
+    elif (problem := pod_problem(pods, now)) is not None:
+        failure, detail = problem
+    deadline_s = parse_duration(fm.spec.rollout.progress_deadline)
+    stalled = bool(failure) and stalled_by_pods(fm.status.conditions, failure, deadline_s, now)
     status = _with_replicas(status, fm, live)
     conditions = merge_conditions(
-        fm.status.conditions, desired_conditions(status, failure, detail), fm.metadata.generation, now
+        fm.status.conditions, desired_conditions(status, failure, detail, stalled), fm.metadata.generation, now
     )
     status = status.model_copy(update={"conditions": conditions})
     previous = next((c for c in fm.status.conditions if c.type == "Degraded"), None)

@@ -83,6 +83,9 @@ ClusterRole of a cluster-wide install and by each Role of a namespaced one.
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]
   verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["get", "list", "watch"]
 {{- if .Values.routers.gatewayAPI.enabled }}
 - apiGroups: ["gateway.networking.k8s.io"]
   resources: ["httproutes"]
