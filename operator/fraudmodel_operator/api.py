@@ -38,6 +38,7 @@ PAUSE_ANNOTATION = ANNOTATION_PREFIX + "pause"
 PROMOTE_ANNOTATION = ANNOTATION_PREFIX + "promote"
 ABORT_ANNOTATION = ANNOTATION_PREFIX + "abort"
 RETRY_ANNOTATION = ANNOTATION_PREFIX + "retry"
+RESUME_ANNOTATION = ANNOTATION_PREFIX + "resume"
 
 
 def parse_duration(value: str) -> float:
@@ -512,7 +513,12 @@ class AnalysisSpec(_Model):
         ge=1,
         description="Requests each track must have served in the window; fewer is inconclusive.",
     )
-    failure_limit: int = Field(default=2, ge=1, le=100, description="Consecutive failed analyses that roll back.")
+    failure_limit: int = Field(
+        default=2,
+        ge=1,
+        le=100,
+        description="Failed analyses over the rollout that roll back (a Pass does not reset them).",
+    )
     inconclusive_limit: int = Field(
         default=5, ge=1, le=1000, description="Consecutive inconclusive analyses before `onInconclusive`."
     )
@@ -564,10 +570,17 @@ class RolloutSpec(_Model):
         default_factory=list,
         max_length=20,
         description="Explicit canary weights in percent, ascending, e.g. `[5, 25, 50]`; "
-        "when set, stepWeight/maxWeight are ignored. Promotion follows the last step.",
+        "when set, stepWeight/maxWeight are ignored. Promotion follows the last step; a step at 100 is the "
+        "promotion itself (nothing to compare against a stable without traffic).",
     )
     step_weight: int = Field(default=10, ge=1, le=100, description="Weight added per step (without `steps`).")
-    max_weight: int = Field(default=50, ge=1, le=100, description="Last weight before promotion (without `steps`).")
+    max_weight: int = Field(
+        default=50,
+        ge=1,
+        le=100,
+        description="Last weight before promotion (without `steps`), reached even when not a multiple of stepWeight; "
+        "100 means promotion after the previous step.",
+    )
     interval: Duration = Field(default="1m", description="Time at each step before its analysis.")
     progress_deadline: Duration = Field(
         default="10m",
@@ -594,10 +607,11 @@ class RolloutSpec(_Model):
 
     @property
     def weights(self) -> tuple[int, ...]:
-        """The canary weight of every step, in order."""
+        """The canary weight of every step, in order; maxWeight is the last (20 up to 50 is 20, 40, 50)."""
         if self.steps:
             return tuple(self.steps)
-        return tuple(range(self.step_weight, self.max_weight + 1, self.step_weight))
+        weights = tuple(range(self.step_weight, self.max_weight + 1, self.step_weight))
+        return weights if weights[-1] == self.max_weight else (*weights, self.max_weight)
 
 
 class FraudModelSpec(_Model):
@@ -663,7 +677,10 @@ class CanaryStatus(TrackStatus):
         "until the canary has ready pods for the step, and differs where replica counts cannot express it.",
     )
     step: int = Field(default=0, description="Index of the current step (0-based).")
-    failed_checks: int = Field(default=0, description="Consecutive failed analyses.")
+    failed_checks: int = Field(
+        default=0,
+        description="Failed analyses over this rollout (a Pass does not reset them); failureLimit counts these.",
+    )
     inconclusive_checks: int = Field(default=0, description="Consecutive inconclusive analyses.")
     started_at: datetime | None = Field(default=None, description="When the rollout started.")
     step_started_at: datetime | None = Field(default=None, description="When the current step's weight was set.")
@@ -672,6 +689,17 @@ class CanaryStatus(TrackStatus):
     )
     analyzed_at: datetime | None = Field(default=None, description="When the last analysis of this canary ran.")
     promoting: bool = Field(default=False, description="Promoted; waiting for the stable track to serve it.")
+    paused_at: datetime | None = Field(
+        default=None, description="When the current pause began (the progress deadline does not run while paused)."
+    )
+    paused_seconds: float = Field(
+        default=0.0, description="Time spent paused so far, left out of the progress deadline."
+    )
+    pause_reason: str | None = Field(
+        default=None,
+        description="Why the rollout holds until the resume annotation names this version or revision "
+        "(onInconclusive: Pause); analysis still runs and a failure still rolls back.",
+    )
     rolled_back_at: datetime | None = Field(default=None, description="When this canary was rolled back.")
     scaled_down: bool = Field(default=False, description="Rolled back and scaled to zero.")
 
@@ -731,7 +759,14 @@ class FraudModelStatus(_Model):
         description="The router carrying the traffic now; when spec names another, this one is finalised "
         "(all traffic to stable, canary routes removed) before the new one takes over.",
     )
-    retry_token: str | None = Field(default=None, description="Last retry annotation value acted on.")
+    retry_token: str | None = Field(
+        default=None, description="Last retry annotation value acted on (or seen when the canary was rolled back)."
+    )
+    consumed_controls: dict[str, str] = Field(
+        default_factory=dict,
+        description="Per control annotation (promote, abort, resume), the last value acted on or left over when the "
+        "canary it named ended: a value acts once, so a leftover never acts on a later revision.",
+    )
     rollbacks: int = Field(default=0, description="Rollbacks so far.")
     conditions: list[Condition] = Field(
         default_factory=list, description="Ready, Progressing, Degraded; Reconciling and Stalled for kstatus."
@@ -788,6 +823,7 @@ __all__ = [
     "PAUSE_ANNOTATION",
     "PLURAL",
     "PROMOTE_ANNOTATION",
+    "RESUME_ANNOTATION",
     "RETRY_ANNOTATION",
     "VERSION",
     "AnalysisSpec",

@@ -19,6 +19,8 @@ Status = Literal["True", "False", "Unknown"]
 def _degraded_reason(status: FraudModelStatus) -> str:
     if status.phase == Phase.ROLLED_BACK and status.history and status.history[0].outcome == "RolledBack":
         return status.history[0].reason
+    if status.phase == Phase.FAILED and status.canary is not None and status.canary.promoting:
+        return "PromotionDeadlineExceeded"
     return "InvalidSpec" if status.phase == Phase.FAILED else ""
 
 

@@ -298,7 +298,7 @@ async def reconcile(
     ns, name = fm.metadata.namespace, fm.metadata.name
     observed = observe(fm, live)
     analysis = None
-    if analysis_due(fm, now) and observed.canary_ready > 0 and not (fm.spec.rollout.paused or observed.controls.pause):
+    if analysis_due(fm, now) and observed.canary_ready > 0:  # also while paused: pause stops advancing only
         analysis = await run_analysis(ctx.provider_for(fm), fm, now)
         ctx.metrics.observe_analysis(ns, name, analysis)
     transition = next_status(fm, observed, analysis, now)

@@ -9,14 +9,17 @@ restarted at any point resumes exactly where it was.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any, Generic, TypeVar
 
 from fraudmodel_operator.api import (
     ABORT_ANNOTATION,
     HISTORY_LIMIT,
     PAUSE_ANNOTATION,
     PROMOTE_ANNOTATION,
+    RESUME_ANNOTATION,
     RETRY_ANNOTATION,
     AnalysisStatus,
     CanaryStatus,
@@ -67,12 +70,14 @@ Decision = Advance | Hold | Promote | Rollback | Pause
 
 @dataclass(frozen=True)
 class Controls:
-    """Manual controls, from annotations (GitOps never sees them as drift)."""
+    """Manual controls, from annotations (GitOps never sees them as drift). promote, abort and resume
+    name a version or a revision and act once (see `FraudModelStatus.consumed_controls`)."""
 
     pause: bool = False
-    promote: str | None = None  # version to promote now
-    abort: str | None = None  # version to abort
+    promote: str | None = None  # version (or revision) to promote now
+    abort: str | None = None  # version (or revision) to abort
     retry: str | None = None  # any new value retries a rolled-back version
+    resume: str | None = None  # version (or revision) whose sticky pause ends
 
     @classmethod
     def from_annotations(cls, annotations: dict[str, str]) -> Controls:
@@ -81,7 +86,28 @@ class Controls:
             promote=annotations.get(PROMOTE_ANNOTATION) or None,
             abort=annotations.get(ABORT_ANNOTATION) or None,
             retry=annotations.get(RETRY_ANNOTATION) or None,
+            resume=annotations.get(RESUME_ANNOTATION) or None,
         )
+
+    def naming(self, canary: CanaryStatus, consumed: dict[str, str]) -> frozenset[str]:
+        """The one-shot controls (promote, abort, resume) that name this canary and were not acted on yet."""
+        named = set()
+        for kind, value in (("promote", self.promote), ("abort", self.abort), ("resume", self.resume)):
+            if value is not None and value in (canary.version, canary.revision) and consumed.get(kind) != value:
+                named.add(kind)
+        return frozenset(named)
+
+
+def consume(consumed: dict[str, str], controls: Controls, canary: CanaryStatus | None) -> dict[str, str]:
+    """Controls naming a canary that ends are used up with it: a leftover never acts on a later revision."""
+    if canary is None:
+        return consumed
+    out = dict(consumed)
+    for kind in controls.naming(canary, consumed):
+        value = getattr(controls, kind)
+        assert isinstance(value, str)
+        out[kind] = value
+    return out
 
 
 @dataclass(frozen=True)
@@ -105,12 +131,16 @@ def _since(then: datetime | None, now: datetime) -> float:
     return (now - then).total_seconds() if then else 0.0
 
 
+MIN_INTERVAL_SECONDS = 1.0  # analyses never come closer than this, whatever the spec lets through
+
+
 def analysis_due(fm: FraudModel, now: datetime) -> bool:
-    """Whether a running canary's step has waited `interval` since its weight was set or last analysed."""
+    """Whether a running canary's step has waited `interval` since its weight was set or last analysed.
+    A paused canary is analysed too (pause stops advancing, not protection)."""
     canary = fm.status.canary
     if canary is None or canary.promoting or canary.rolled_back_at or canary.weight <= 0:
         return False
-    interval = parse_duration(fm.spec.rollout.interval)
+    interval = max(parse_duration(fm.spec.rollout.interval), MIN_INTERVAL_SECONDS)
     last = max(t for t in (canary.step_started_at, canary.analyzed_at, canary.started_at) if t is not None)
     return _since(last, now) >= interval
 
@@ -126,60 +156,254 @@ def failed_reason(analysis: AnalysisStatus) -> tuple[str, str]:
     return f"{names}Failed", "; ".join(parts) or "analysis failed"
 
 
-def decide(fm: FraudModel, observed: Observed, analysis: AnalysisStatus | None, now: datetime) -> Decision:
-    """The next move of a running canary (not promoting, not rolled back)."""
-    rollout = fm.spec.rollout
-    canary = fm.status.canary
+def stalled_seconds(canary: CanaryStatus, now: datetime) -> float:
+    """Time without progress that counts against the progress deadline (paused time left out)."""
+    since = _since(canary.progressed_at or canary.step_started_at or canary.started_at, now)
+    return since - canary.paused_seconds - _since(canary.paused_at, now)
+
+
+def analysed_steps(weights: tuple[int, ...]) -> tuple[int, ...]:
+    """The steps that are analysed: a step at 100% is the promotion itself (the stable would have no
+    traffic to compare against, and replica ratio no pod)."""
+    return tuple(w for w in weights if w < 100)
+
+
+# ---------------------------------------------------------------- the decision table
+
+
+@dataclass(frozen=True)
+class Facts:
+    """Everything one decision about a running canary reads, computed once."""
+
+    version: str
+    weight: int
+    step: int
+    steps: tuple[int, ...]
+    named: frozenset[str]  # one-shot controls naming this canary: promote, abort, resume
+    paused: str | None  # why the rollout holds, if it does
+    ready: bool  # the canary has a ready pod
+    stalled: float
+    deadline: float
+    deadline_text: str
+    verdict: Verdict | None
+    failures: int  # over the rollout, this analysis included
+    failure_limit: int
+    inconclusive: int  # in a row, this analysis included
+    inconclusive_limit: int
+    on_inconclusive: str
+    analysis: AnalysisStatus | None
+
+
+def facts(fm: FraudModel, observed: Observed, analysis: AnalysisStatus | None, now: datetime) -> Facts:
+    rollout, status = fm.spec.rollout, fm.status
+    canary = status.canary
     assert canary is not None
     assert canary.version is not None
-    controls = observed.controls
-    if controls.abort == canary.version:
-        return Rollback("Aborted", f"rollout of {canary.version} aborted by the {ABORT_ANNOTATION} annotation")
-    if controls.promote == canary.version:
-        return Promote(f"promoted by the {PROMOTE_ANNOTATION} annotation")
-    if rollout.paused or controls.pause:
-        return Pause("paused by spec.rollout.paused" if rollout.paused else f"paused by {PAUSE_ANNOTATION}")
-    deadline = parse_duration(rollout.progress_deadline)
-    stalled = _since(canary.progressed_at or canary.step_started_at or canary.started_at, now)
-    if observed.canary_ready < 1:
-        if stalled > deadline:
-            return Rollback(
-                "ProgressDeadlineExceeded",
-                f"canary pods of {canary.version} not ready within {rollout.progress_deadline}",
-            )
-        return Hold(f"waiting for canary pods of {canary.version}")
-    weights = rollout.weights
-    if canary.weight == 0:
-        return Advance(0, weights[0])
-    if analysis is None:
-        if stalled > deadline:
-            return Rollback(
-                "ProgressDeadlineExceeded",
-                f"no conclusive analysis at {canary.weight}% within {rollout.progress_deadline}",
-            )
-        return Hold(f"step {canary.step + 1}/{len(weights)} at {canary.weight}%: waiting for the next analysis")
+    named = observed.controls.naming(canary, status.consumed_controls)
+    paused = None
+    if rollout.paused:
+        paused = "paused by spec.rollout.paused"
+    elif observed.controls.pause:
+        paused = f"paused by {PAUSE_ANNOTATION}"
+    elif canary.pause_reason and "resume" not in named:
+        paused = f"{canary.pause_reason}; resume with {RESUME_ANNOTATION}={canary.version}"
+    verdict = analysis.verdict if analysis is not None else None
     limits = rollout.analysis
-    if analysis.verdict == Verdict.FAIL:
-        if canary.failed_checks + 1 >= limits.failure_limit:
-            reason, message = failed_reason(analysis)
-            return Rollback(reason, message)
-        return Hold(f"analysis failed ({canary.failed_checks + 1}/{limits.failure_limit})")
-    if analysis.verdict == Verdict.INCONCLUSIVE:
-        count = canary.inconclusive_checks + 1
-        if count >= limits.inconclusive_limit:
-            message = f"{count} inconclusive analyses in a row at {canary.weight}%"
-            if limits.on_inconclusive == "Rollback":
-                return Rollback("AnalysisInconclusive", message)
-            return Pause(message)
-        if stalled > deadline:
-            return Rollback(
-                "ProgressDeadlineExceeded",
-                f"no conclusive analysis at {canary.weight}% within {rollout.progress_deadline}",
-            )
-        return Hold(f"analysis inconclusive ({count}/{limits.inconclusive_limit})")
-    if canary.step + 1 >= len(weights):
-        return Promote(f"all {len(weights)} steps passed")
-    return Advance(canary.step + 1, weights[canary.step + 1])
+    inconclusive = 0 if "resume" in named else canary.inconclusive_checks
+    return Facts(
+        version=canary.version,
+        weight=canary.weight,
+        step=canary.step,
+        steps=analysed_steps(rollout.weights),
+        named=named,
+        paused=paused,
+        ready=observed.canary_ready >= 1,
+        stalled=stalled_seconds(canary, now),
+        deadline=parse_duration(rollout.progress_deadline),
+        deadline_text=rollout.progress_deadline,
+        verdict=verdict,
+        failures=canary.failed_checks + (verdict == Verdict.FAIL),
+        failure_limit=limits.failure_limit,
+        inconclusive=inconclusive + (verdict == Verdict.INCONCLUSIVE),
+        inconclusive_limit=limits.inconclusive_limit,
+        on_inconclusive=limits.on_inconclusive,
+        analysis=analysis,
+    )
+
+
+def _failed(f: Facts) -> Decision:
+    assert f.analysis is not None
+    return Rollback(*failed_reason(f.analysis))
+
+
+def _first_step(f: Facts) -> Decision:
+    if not f.steps:
+        return Promote("a step at 100% is the promotion itself")
+    return Advance(0, f.steps[0])
+
+
+def _next_step(f: Facts) -> Decision:
+    if f.step + 1 >= len(f.steps):
+        return Promote(f"all {len(f.steps)} steps passed")
+    return Advance(f.step + 1, f.steps[f.step + 1])
+
+
+def _inconclusive_limit(f: Facts) -> Decision:
+    message = f"{f.inconclusive} inconclusive analyses in a row at {f.weight}%"
+    if f.on_inconclusive == "Rollback":
+        return Rollback("AnalysisInconclusive", message)
+    return Pause(message)
+
+
+def _no_progress(f: Facts) -> Decision:
+    return Rollback(
+        "ProgressDeadlineExceeded",
+        f"no conclusive analysis at {f.weight}% within {f.deadline_text} (paused time excluded)",
+    )
+
+
+In = TypeVar("In")
+Out = TypeVar("Out")
+
+
+@dataclass(frozen=True)
+class Rule(Generic[In, Out]):
+    """One row of a state table: in `state`, on `event`, go to `next` doing `actions`. Rows are tried
+    in order and the first whose `when` holds decides, so the order of the table *is* the precedence."""
+
+    state: str
+    event: str
+    next: str
+    actions: str
+    when: Callable[[In], bool]
+    then: Callable[[In], Out]
+
+
+RUNNING = "Warming, Stepping, Paused"
+# A running canary (not promoting, not rolled back). Abort > promote > failure > unavailable canary
+# > pause > first step > ... : pause stops advancing, never protection.
+CANARY_RULES: tuple[Rule[Facts, Decision], ...] = (
+    Rule(
+        RUNNING,
+        "the abort annotation names this version or revision",
+        "RolledBack",
+        "0% at once; history Aborted; the annotation value is consumed",
+        lambda f: "abort" in f.named,
+        lambda f: Rollback("Aborted", f"rollout of {f.version} aborted by the {ABORT_ANNOTATION} annotation"),
+    ),
+    Rule(
+        RUNNING,
+        "the promote annotation names this version or revision",
+        "Promoting",
+        "stable runs the canary's model; the annotation value is consumed",
+        lambda f: "promote" in f.named,
+        lambda f: Promote(f"promoted by the {PROMOTE_ANNOTATION} annotation"),
+    ),
+    Rule(
+        RUNNING,
+        "an analysis fails and the rollout's failures reach failureLimit (also while paused)",
+        "RolledBack",
+        "0% at once; Degraded with the failed check, value and threshold; Warning Event",
+        lambda f: f.verdict == Verdict.FAIL and f.failures >= f.failure_limit,
+        _failed,
+    ),
+    Rule(
+        RUNNING,
+        "the canary has no ready pod, past progressDeadline",
+        "RolledBack",
+        "ProgressDeadlineExceeded",
+        lambda f: not f.ready and f.stalled > f.deadline,
+        lambda f: Rollback(
+            "ProgressDeadlineExceeded", f"canary pods of {f.version} not ready within {f.deadline_text}"
+        ),
+    ),
+    Rule(
+        RUNNING,
+        "the canary has no ready pod",
+        "(same)",
+        "hold; the canary gets 0% until a pod is ready",
+        lambda f: not f.ready,
+        lambda f: Hold(f"waiting for canary pods of {f.version}"),
+    ),
+    Rule(
+        RUNNING,
+        "spec.rollout.paused, the pause annotation, or a sticky pause not resumed",
+        "Paused",
+        "hold the weight; keep analysing; the deadline stops",
+        lambda f: f.paused is not None,
+        lambda f: Pause(f.paused or ""),
+    ),
+    Rule(
+        "Warming",
+        "the canary has a ready pod",
+        "Stepping (or Promoting when the only step is 100%)",
+        "first step's weight, routed once the canary has its pods",
+        lambda f: f.weight == 0,
+        _first_step,
+    ),
+    Rule(
+        "Stepping",
+        "an analysis fails, below failureLimit",
+        "Stepping",
+        "hold; Warning Event AnalysisFailed",
+        lambda f: f.verdict == Verdict.FAIL,
+        lambda f: Hold(f"analysis failed ({f.failures}/{f.failure_limit} over the rollout)"),
+    ),
+    Rule(
+        "Stepping",
+        "inconclusiveLimit inconclusive analyses in a row",
+        "Paused (sticky, until resumed) or RolledBack",
+        "onInconclusive",
+        lambda f: f.verdict == Verdict.INCONCLUSIVE and f.inconclusive >= f.inconclusive_limit,
+        _inconclusive_limit,
+    ),
+    Rule(
+        "Stepping",
+        "no conclusive analysis within progressDeadline (paused time excluded)",
+        "RolledBack",
+        "ProgressDeadlineExceeded",
+        lambda f: f.verdict != Verdict.PASS and f.stalled > f.deadline,
+        _no_progress,
+    ),
+    Rule(
+        "Stepping",
+        "an analysis is inconclusive",
+        "Stepping",
+        "hold; re-analyse after interval",
+        lambda f: f.verdict == Verdict.INCONCLUSIVE,
+        lambda f: Hold(f"analysis inconclusive ({f.inconclusive}/{f.inconclusive_limit})"),
+    ),
+    Rule(
+        "Stepping",
+        "no analysis due yet",
+        "Stepping",
+        "hold",
+        lambda f: f.verdict is None,
+        lambda f: Hold(f"step {f.step + 1}/{len(f.steps)} at {f.weight}%: waiting for the next analysis"),
+    ),
+    Rule(
+        "Stepping",
+        "an analysis passes",
+        "Stepping, or Promoting after the last step",
+        "next step's weight (routed once the canary has its pods), or promotion",
+        lambda f: True,
+        _next_step,
+    ),
+)
+
+
+def decide(fm: FraudModel, observed: Observed, analysis: AnalysisStatus | None, now: datetime) -> Decision:
+    """The next move of a running canary (not promoting, not rolled back): the first rule that holds."""
+    f = facts(fm, observed, analysis, now)
+    return next(rule.then(f) for rule in CANARY_RULES if rule.when(f))
+
+
+def render_table(rules: Sequence[Rule[Any, Any]]) -> str:
+    """The rules as a Markdown table, in precedence order (docs/operator.md embeds it; a test keeps it true)."""
+    lines = ["| # | state | event | next state | actions |", "|---|---|---|---|---|"]
+    for i, r in enumerate(rules, 1):
+        lines.append(f"| {i} | {r.state} | {r.event} | {r.next} | {r.actions} |")
+    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------- the lifecycle
@@ -214,125 +438,127 @@ class Transition:
     decision: Decision | None = None
 
 
-def next_status(fm: FraudModel, observed: Observed, analysis: AnalysisStatus | None, now: datetime) -> Transition:
-    """The whole lifecycle step: from the current status to the next one, and what to tell the user."""
-    spec, status = fm.spec, fm.status
-    wanted = revision_of(spec.model)
-    stable_ready = observed.stable_desired > 0 and observed.stable_ready >= observed.stable_desired
-    base = status.model_copy(update={"observed_generation": fm.metadata.generation})
+@dataclass(frozen=True)
+class Moment:
+    """What one lifecycle step reads: the FraudModel, the cluster, the analysis, the time."""
 
-    # First deployment: the spec's model becomes the stable track.
-    if status.stable.model is None:
-        stable = _track(spec.model, 100)
-        event = Event("Normal", "Deploying", f"deploying {spec.model.version} as the stable track")
-        return Transition(base.model_copy(update={"stable": stable, "phase": Phase.PROGRESSING}), (event,))
+    fm: FraudModel
+    observed: Observed
+    analysis: AnalysisStatus | None
+    now: datetime
+    base: FraudModelStatus  # the current status, at the current generation
+    wanted: str  # revision of spec.model
+    stable_ready: bool  # the stable track is ready at its full planned size, on its current spec
 
-    canary = status.canary
+    @property
+    def canary(self) -> CanaryStatus | None:
+        return self.base.canary
+
+    @property
+    def promotion_stalled(self) -> bool:
+        canary = self.canary
+        deadline = parse_duration(self.fm.spec.rollout.progress_deadline)
+        return canary is not None and _since(canary.progressed_at or canary.started_at, self.now) > deadline
+
+
+def _deploy(m: Moment) -> Transition:
+    spec = m.fm.spec
+    stable = _track(spec.model, 100)
+    event = Event("Normal", "Deploying", f"deploying {spec.model.version} as the stable track")
+    return Transition(m.base.model_copy(update={"stable": stable, "phase": Phase.PROGRESSING}), (event,))
+
+
+def _promotion_stalled(m: Moment) -> Transition:
+    version = m.base.stable.version
+    message = (
+        f"promotion of {version} stalled: the new stable pods are not ready at full size within "
+        f"{m.fm.spec.rollout.progress_deadline}; the canary keeps serving"
+    )
+    events = () if m.base.message == message else (Event("Warning", "PromotionDeadlineExceeded", message),)
+    return Transition(m.base.model_copy(update={"phase": Phase.FAILED, "message": message}), events)
+
+
+def _promotion_waits(m: Moment) -> Transition:
+    message = "promoting: waiting for the new stable pods at full size"
+    return Transition(m.base.model_copy(update={"phase": Phase.PROGRESSING, "message": message}))
+
+
+def _promotion_done(m: Moment) -> Transition:
+    """The canary goes; whatever the spec asks next is decided on the promoted status."""
+    status = m.base
+    consumed = consume(status.consumed_controls, m.observed.controls, status.canary)
+    promoted = status.model_copy(
+        update={
+            "canary": None,
+            "stable": status.stable.model_copy(update={"weight": 100}),
+            "consumed_controls": consumed,
+        }
+    )
+    then = next_status(m.fm.model_copy(update={"status": promoted}), m.observed, None, m.now)
+    event = Event("Normal", "Promoted", f"{status.stable.version} is now stable")
+    return Transition(then.status, (event, *then.events))
+
+
+def _serve_stable(m: Moment) -> Transition:
+    """The spec asks for what stable already serves: no canary (a revert aborts one)."""
+    status, canary = m.base, m.canary
     events: list[Event] = []
-
-    # Promotion hand-over: stable already runs the promoted version; the canary keeps serving
-    # until the stable pods are ready (or the spec has moved on), then it goes.
-    if canary is not None and canary.promoting:
-        if not stable_ready and wanted == status.stable.revision:
-            return Transition(base.model_copy(update={"message": "promoting: waiting for stable pods"}))
-        events.append(Event("Normal", "Promoted", f"{status.stable.version} is now stable"))
-        base = base.model_copy(update={"canary": None, "stable": status.stable.model_copy(update={"weight": 100})})
-        canary = None
-
-    # The spec asks for what stable already serves: no canary (a revert aborts one).
-    if wanted == status.stable.revision:
-        if canary is not None and canary.rolled_back_at is None:
-            events.append(Event("Normal", "RolloutAborted", f"spec reverted to {spec.model.version}: canary removed"))
-            base = base.model_copy(
-                update={
-                    "history": _history(
-                        base,
-                        HistoryEntry(version=canary.version or "", outcome="Aborted", reason="SpecReverted", time=now),
-                    )
-                }
-            )
-        phase = Phase.READY if stable_ready else Phase.PROGRESSING
-        next_ = base.model_copy(
-            update={
-                "canary": None,
-                "stable": status.stable.model_copy(update={"weight": 100}),
-                "phase": phase,
-                "rolled_back_revision": None,
-                "message": f"serving {status.stable.version}" if stable_ready else "waiting for stable pods",
-            }
-        )
-        if phase == Phase.READY and status.phase != Phase.READY:
-            events.append(Event("Normal", "Ready", f"{status.stable.version} is serving all traffic"))
-        return Transition(next_, tuple(events))
-
-    # Immediate strategy: replace the stable track in place.
-    if spec.rollout.strategy == Strategy.IMMEDIATE:
-        entry = HistoryEntry(version=spec.model.version, outcome="Promoted", reason="Immediate", time=now)
-        next_ = base.model_copy(
-            update={
-                "stable": _track(spec.model, 100),
-                "canary": None,
-                "phase": Phase.PROGRESSING,
-                "history": _history(status, entry),
-                "message": f"replacing {status.stable.version} with {spec.model.version} (Immediate)",
-            }
-        )
-        return Transition(next_, (Event("Normal", "Replacing", next_.message),))
-
-    # A version rolled back before stays rolled back until a retry or a new version.
-    if status.rolled_back_revision == wanted:
-        retry = observed.controls.retry
-        if retry is not None and retry != status.retry_token:
-            events.append(
-                Event("Normal", "RolloutRetried", f"retrying {spec.model.version} ({RETRY_ANNOTATION}={retry})")
-            )
-            fresh = _new_canary(spec.model, now)
-            next_ = base.model_copy(
-                update={
-                    "canary": fresh,
-                    "rolled_back_revision": None,
-                    "retry_token": retry,
-                    "phase": Phase.PROGRESSING,
-                    "message": f"retrying {spec.model.version}",
-                }
-            )
-            return Transition(next_, tuple(events))
-        return _rolled_back(fm, base, now)
-
-    # A new version (or a different one than the running canary): start a canary.
-    if canary is None or canary.revision != wanted:
-        if canary is not None and canary.rolled_back_at is None:
-            entry = HistoryEntry(version=canary.version or "", outcome="Replaced", reason="NewerVersion", time=now)
-            base = base.model_copy(update={"history": _history(status, entry)})
-            events.append(
-                Event("Normal", "RolloutReplaced", f"canary {canary.version} replaced by {spec.model.version}")
-            )
-        events.append(
-            Event(
-                "Normal",
-                "RolloutStarted",
-                f"canary {spec.model.version} started beside stable {status.stable.version}",
-            )
-        )
-        next_ = base.model_copy(
-            update={
-                "canary": _new_canary(spec.model, now),
-                "rolled_back_revision": None,
-                "phase": Phase.PROGRESSING,
-                "stable": status.stable.model_copy(update={"weight": 100}),
-                "message": f"starting canary {spec.model.version}",
-            }
-        )
-        return Transition(next_, tuple(events))
-
-    decision = decide(fm, observed, analysis, now)
-    return _apply(fm, base, decision, analysis, now)
+    base = status
+    if canary is not None and canary.rolled_back_at is None:
+        version = m.fm.spec.model.version
+        events.append(Event("Normal", "RolloutAborted", f"spec reverted to {version}: canary removed"))
+        entry = HistoryEntry(version=canary.version or "", outcome="Aborted", reason="SpecReverted", time=m.now)
+        base = base.model_copy(update={"history": _history(base, entry)})
+    phase = Phase.READY if m.stable_ready else Phase.PROGRESSING
+    next_ = base.model_copy(
+        update={
+            "canary": None,
+            "stable": status.stable.model_copy(update={"weight": 100}),
+            "phase": phase,
+            "rolled_back_revision": None,
+            "consumed_controls": consume(status.consumed_controls, m.observed.controls, canary),
+            "message": f"serving {status.stable.version}" if m.stable_ready else "waiting for stable pods",
+        }
+    )
+    if phase == Phase.READY and status.phase != Phase.READY:
+        events.append(Event("Normal", "Ready", f"{status.stable.version} is serving all traffic"))
+    return Transition(next_, tuple(events))
 
 
-def _rolled_back(fm: FraudModel, base: FraudModelStatus, now: datetime) -> Transition:
-    canary = base.canary
-    delay = parse_duration(fm.spec.rollout.on_rollback.scale_down_delay)
-    if canary is not None and not canary.scaled_down and _since(canary.rolled_back_at, now) >= delay:
+def _replace_in_place(m: Moment) -> Transition:
+    spec, status = m.fm.spec, m.base
+    entry = HistoryEntry(version=spec.model.version, outcome="Promoted", reason="Immediate", time=m.now)
+    next_ = status.model_copy(
+        update={
+            "stable": _track(spec.model, 100),
+            "canary": None,
+            "phase": Phase.PROGRESSING,
+            "history": _history(status, entry),
+            "message": f"replacing {status.stable.version} with {spec.model.version} (Immediate)",
+        }
+    )
+    return Transition(next_, (Event("Normal", "Replacing", next_.message),))
+
+
+def _retry(m: Moment) -> Transition:
+    version, retry = m.fm.spec.model.version, m.observed.controls.retry
+    event = Event("Normal", "RolloutRetried", f"retrying {version} ({RETRY_ANNOTATION}={retry})")
+    next_ = m.base.model_copy(
+        update={
+            "canary": _new_canary(m.fm.spec.model, m.now),
+            "rolled_back_revision": None,
+            "retry_token": retry,
+            "phase": Phase.PROGRESSING,
+            "message": f"retrying {version}",
+        }
+    )
+    return Transition(next_, (event,))
+
+
+def _rolled_back(m: Moment) -> Transition:
+    canary, base = m.canary, m.base
+    delay = parse_duration(m.fm.spec.rollout.on_rollback.scale_down_delay)
+    if canary is not None and not canary.scaled_down and _since(canary.rolled_back_at, m.now) >= delay:
         canary = canary.model_copy(update={"scaled_down": True, "replicas": 0})
         message = f"canary {canary.version} scaled to zero"
         return Transition(
@@ -342,25 +568,185 @@ def _rolled_back(fm: FraudModel, base: FraudModelStatus, now: datetime) -> Trans
     return Transition(base.model_copy(update={"phase": Phase.ROLLED_BACK}))
 
 
-def _apply(
-    fm: FraudModel, base: FraudModelStatus, decision: Decision, analysis: AnalysisStatus | None, now: datetime
-) -> Transition:
+def _start_canary(m: Moment) -> Transition:
+    spec, status, canary = m.fm.spec, m.base, m.canary
+    events: list[Event] = []
+    base = status
+    if canary is not None and canary.rolled_back_at is None:
+        entry = HistoryEntry(version=canary.version or "", outcome="Replaced", reason="NewerVersion", time=m.now)
+        base = base.model_copy(update={"history": _history(status, entry)})
+        events.append(Event("Normal", "RolloutReplaced", f"canary {canary.version} replaced by {spec.model.version}"))
+    events.append(
+        Event("Normal", "RolloutStarted", f"canary {spec.model.version} started beside stable {status.stable.version}")
+    )
+    next_ = base.model_copy(
+        update={
+            "canary": _new_canary(spec.model, m.now),
+            "rolled_back_revision": None,
+            "phase": Phase.PROGRESSING,
+            "stable": status.stable.model_copy(update={"weight": 100}),
+            "consumed_controls": consume(status.consumed_controls, m.observed.controls, canary),
+            "message": f"starting canary {spec.model.version}",
+        }
+    )
+    return Transition(next_, tuple(events))
+
+
+def _run_canary(m: Moment) -> Transition:
+    decision = decide(m.fm.model_copy(update={"status": m.base}), m.observed, m.analysis, m.now)
+    return _apply(m, decision)
+
+
+def _promoting(m: Moment) -> bool:
+    return m.canary is not None and m.canary.promoting
+
+
+def _promotion_pending(m: Moment) -> bool:
+    return _promoting(m) and not m.stable_ready and m.wanted == m.base.stable.revision
+
+
+def _retry_asked(m: Moment) -> bool:
+    retry = m.observed.controls.retry
+    return m.base.rolled_back_revision == m.wanted and retry is not None and retry != m.base.retry_token
+
+
+LIFECYCLE: tuple[Rule[Moment, Transition], ...] = (
+    Rule(
+        "(none)",
+        "first reconcile",
+        "Progressing",
+        "the spec's model becomes the stable track",
+        lambda m: m.base.stable.model is None,
+        _deploy,
+    ),
+    Rule(
+        "Promoting",
+        "the new stable is not ready at full size within progressDeadline",
+        "Failed",
+        "Warning PromotionDeadlineExceeded; the canary keeps serving its weight",
+        lambda m: _promotion_pending(m) and m.promotion_stalled,
+        _promotion_stalled,
+    ),
+    Rule(
+        "Promoting",
+        "the new stable is not ready at full size",
+        "Promoting",
+        "the canary keeps serving its weight",
+        _promotion_pending,
+        _promotion_waits,
+    ),
+    Rule(
+        "Promoting",
+        "the new stable is ready at full size (or the spec moved on)",
+        "Ready (or the next row)",
+        "all traffic to stable, then the canary is deleted (next reconcile)",
+        _promoting,
+        _promotion_done,
+    ),
+    Rule(
+        "any",
+        "spec.model is the stable's",
+        "Ready once the stable is ready",
+        "a running canary is removed (RolloutAborted, SpecReverted)",
+        lambda m: m.wanted == m.base.stable.revision,
+        _serve_stable,
+    ),
+    Rule(
+        "any",
+        "a new spec.model with strategy Immediate",
+        "Progressing",
+        "stable replaced in place",
+        lambda m: m.fm.spec.rollout.strategy == Strategy.IMMEDIATE,
+        _replace_in_place,
+    ),
+    Rule(
+        "RolledBack",
+        "the retry annotation has a value not seen before",
+        "Warming",
+        "a fresh canary",
+        _retry_asked,
+        _retry,
+    ),
+    Rule(
+        "RolledBack",
+        "anything else",
+        "RolledBack",
+        "canary scaled to zero after onRollback.scaleDownDelay",
+        lambda m: m.base.rolled_back_revision == m.wanted,
+        _rolled_back,
+    ),
+    Rule(
+        "Ready, Stepping",
+        "a new spec.model",
+        "Warming",
+        "a canary at 0%; a running one is Replaced",
+        lambda m: m.canary is None or m.canary.revision != m.wanted,
+        _start_canary,
+    ),
+    Rule(RUNNING, "anything else", "(the canary table)", "decided by `CANARY_RULES`", lambda m: True, _run_canary),
+)
+
+
+def next_status(fm: FraudModel, observed: Observed, analysis: AnalysisStatus | None, now: datetime) -> Transition:
+    """The whole lifecycle step: from the current status to the next one, and what to tell the user.
+    The first row of `LIFECYCLE` whose `when` holds decides; a running canary then goes by `CANARY_RULES`."""
+    moment = Moment(
+        fm=fm,
+        observed=observed,
+        analysis=analysis,
+        now=now,
+        base=fm.status.model_copy(update={"observed_generation": fm.metadata.generation}),
+        wanted=revision_of(fm.spec.model),
+        stable_ready=observed.stable_desired > 0 and observed.stable_ready >= observed.stable_desired,
+    )
+    return next(step.then(moment) for step in LIFECYCLE if step.when(moment))
+
+
+def _counters(canary: CanaryStatus, analysis: AnalysisStatus | None, resumed: bool, now: datetime) -> dict[str, object]:
+    """Analysis bookkeeping: failures count over the rollout, inconclusive ones in a row."""
+    inconclusive = 0 if resumed else canary.inconclusive_checks
+    if analysis is None:
+        return {"inconclusive_checks": inconclusive}
+    counters: dict[str, object] = {"analyzed_at": now}
+    if analysis.verdict == Verdict.PASS:
+        return counters | {"inconclusive_checks": 0, "progressed_at": now}
+    if analysis.verdict == Verdict.FAIL:
+        return counters | {"failed_checks": canary.failed_checks + 1, "inconclusive_checks": 0, "progressed_at": now}
+    return counters | {"inconclusive_checks": inconclusive + 1}
+
+
+def _pause_clock(canary: CanaryStatus, decision: Decision, sticky: str | None, now: datetime) -> dict[str, object]:
+    """Paused time is kept apart (the deadline does not run); a sticky pause remembers why."""
+    if isinstance(decision, Pause):
+        return {"paused_at": canary.paused_at or now, "pause_reason": sticky}
+    spent = canary.paused_seconds + _since(canary.paused_at, now)
+    return {"paused_at": None, "paused_seconds": spent, "pause_reason": None}
+
+
+def _apply(m: Moment, decision: Decision) -> Transition:
+    fm, base, analysis, now = m.fm, m.base, m.analysis, m.now
     canary = base.canary
     assert canary is not None
-    weights = fm.spec.rollout.weights
+    controls = m.observed.controls
+    named = controls.naming(canary, base.consumed_controls)
+    weights = analysed_steps(fm.spec.rollout.weights)
     update: dict[str, object] = {}
-    counters: dict[str, object] = {}
     if analysis is not None:
         update["last_analysis"] = analysis
-        counters["analyzed_at"] = now
-        if analysis.verdict == Verdict.PASS:
-            counters |= {"failed_checks": 0, "inconclusive_checks": 0, "progressed_at": now}
-        elif analysis.verdict == Verdict.FAIL:
-            counters |= {"failed_checks": canary.failed_checks + 1, "inconclusive_checks": 0, "progressed_at": now}
-        else:
-            counters |= {"inconclusive_checks": canary.inconclusive_checks + 1}
-    canary = canary.model_copy(update=counters)
+    consumed = dict(base.consumed_controls)
+    if "resume" in named and controls.resume is not None:
+        consumed["resume"] = controls.resume
+    level_pause = fm.spec.rollout.paused or controls.pause
+    sticky = canary.pause_reason if "resume" not in named else None
+    if isinstance(decision, Pause) and not level_pause and sticky is None:
+        sticky = decision.reason
+    canary = canary.model_copy(
+        update=_counters(canary, analysis, "resume" in named, now) | _pause_clock(canary, decision, sticky, now)
+    )
     events: list[Event] = []
+    if analysis is not None and analysis.verdict == Verdict.FAIL and not isinstance(decision, Rollback):
+        _, detail = failed_reason(analysis)
+        events.append(Event("Warning", "AnalysisFailed", f"{canary.version}: {detail}"))
     match decision:
         case Advance(step=step, weight=weight):
             canary = canary.model_copy(
@@ -371,9 +757,6 @@ def _apply(
             update |= {"phase": Phase.PROGRESSING, "message": message}
         case Hold(reason=reason):
             update |= {"phase": Phase.PROGRESSING, "message": reason}
-            if analysis is not None and analysis.verdict == Verdict.FAIL:
-                _, detail = failed_reason(analysis)
-                events.append(Event("Warning", "AnalysisFailed", f"{canary.version}: {detail}"))
         case Pause(reason=reason):
             if base.phase != Phase.PAUSED:
                 events.append(Event("Normal", "Paused", f"rollout of {canary.version} paused: {reason}"))
@@ -382,7 +765,8 @@ def _apply(
             model = canary.model
             assert model is not None
             entry = HistoryEntry(version=canary.version or "", outcome="Promoted", reason=reason, time=now)
-            canary = canary.model_copy(update={"promoting": True})
+            consumed = consume(consumed, controls, canary)
+            canary = canary.model_copy(update={"promoting": True, "progressed_at": now, "paused_seconds": 0.0})
             update |= {
                 "stable": _track(model, 100 - canary.weight),
                 "phase": Phase.PROGRESSING,
@@ -392,11 +776,13 @@ def _apply(
             events.append(Event("Normal", "Promoting", f"promoting {canary.version}: {reason}"))
         case Rollback(reason=reason, message=message):
             entry = HistoryEntry(version=canary.version or "", outcome="RolledBack", reason=reason, time=now)
+            consumed = consume(consumed, controls, canary)
             canary = canary.model_copy(update={"weight": 0, "rolled_back_at": now})
             update |= {
                 "phase": Phase.ROLLED_BACK,
                 "message": f"rolled back {canary.version}: {message}",
                 "rolled_back_revision": canary.revision,
+                "retry_token": controls.retry,  # a retry value set before the rollback does not relaunch it
                 "rollbacks": base.rollbacks + 1,
                 "history": _history(base, entry),
                 "stable": base.stable.model_copy(update={"weight": 100}),
@@ -404,13 +790,15 @@ def _apply(
             events.append(Event("Warning", "RolledBack", f"rolled back {canary.version}: {reason}: {message}"))
     if canary.weight and not canary.promoting:
         update.setdefault("stable", base.stable.model_copy(update={"weight": 100 - canary.weight}))
+    update["consumed_controls"] = consumed
     return Transition(base.model_copy(update={"canary": canary, **update}), tuple(events), decision)
 
 
 def rollout_deadline(fm: FraudModel, now: datetime) -> datetime | None:
-    """When a running canary's progress deadline falls (for alerts and metrics)."""
+    """When a running canary's (or a promotion's) progress deadline falls, for alerts and metrics;
+    None while paused (the deadline does not run) or without a rollout."""
     canary = fm.status.canary
-    if canary is None or canary.rolled_back_at or canary.promoting:
+    if canary is None or canary.rolled_back_at or canary.paused_at is not None:
         return None
-    start = canary.progressed_at or canary.started_at or now
+    start = (canary.progressed_at or canary.started_at or now) + timedelta(seconds=canary.paused_seconds)
     return start + timedelta(seconds=parse_duration(fm.spec.rollout.progress_deadline))

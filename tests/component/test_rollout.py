@@ -131,3 +131,17 @@ async def test_pause_annotation_holds_the_weight(harness: Harness) -> None:
     await eventually(lambda: harness.metrics.reconciles.labels("unchanged")._value.get() >= reconciles + 5)
     assert harness.status("bot")["canary"]["weight"] in (0, 25)
     assert len(harness.provider.queries) == queries, "no analysis while paused"
+
+
+async def test_a_paused_canary_is_still_analysed_and_rolled_back_on_failure(harness: Harness) -> None:
+    """Pause stops advancing, not protection: a paused canary flagging five times more still goes."""
+    harness.provider.answer = metrics({"stable": 0.03, "canary": 0.03})
+    await deployed(harness)
+    await new_version(harness, "v2")
+    await eventually(lambda: (harness.status("bot").get("canary") or {}).get("weight", 0) >= 25, within=20)
+    await harness.patch(FM, "bot", {"metadata": {"annotations": {"serving.riskml.io/pause": "true"}}})
+    await eventually(lambda: harness.status("bot").get("phase") == "Paused")
+    harness.provider.answer = metrics({"stable": 0.03, "canary": 0.15})
+    await eventually(lambda: harness.status("bot").get("phase") == "RolledBack", within=20)
+    degraded = next(c for c in harness.status("bot")["conditions"] if c["type"] == "Degraded")
+    assert degraded["reason"] == "FlagRateFailed"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,6 +18,8 @@ from fraudmodel_operator.api import (
     revision_of,
 )
 from fraudmodel_operator.rollout import (
+    CANARY_RULES,
+    LIFECYCLE,
     Advance,
     Controls,
     Decision,
@@ -28,6 +31,7 @@ from fraudmodel_operator.rollout import (
     analysis_due,
     decide,
     next_status,
+    render_table,
 )
 from tests.unit.factories import at, canary, fraudmodel, model, track
 
@@ -42,11 +46,18 @@ def analysis(
     return AnalysisStatus(time=at(60), verdict=verdict, checks=[check])
 
 
-def running(weight: int = 10, step: int = 0, rollout: dict[str, Any] | None = None, **canary_fields: Any) -> FraudModel:
+def running(
+    weight: int = 10,
+    step: int = 0,
+    rollout: dict[str, Any] | None = None,
+    status_extra: dict[str, Any] | None = None,
+    **canary_fields: Any,
+) -> FraudModel:
     status = FraudModelStatus(
         stable=track("v1", 100 - weight),
         canary=canary("v2", weight, step=step, **canary_fields),
         phase=Phase.PROGRESSING,
+        **(status_extra or {}),
     )
     return fraudmodel("v2", status=status, rollout=rollout or ROLLOUT)
 
@@ -80,7 +91,79 @@ CASES = [
     Case("waits-for-analysis", running(), Hold("step 1/2 at 10%: waiting for the next analysis")),
     Case("pass-advances", running(), Advance(1, 50), analysis=analysis(Verdict.PASS)),
     Case("pass-on-last-step-promotes", running(50, 1), Promote("all 2 steps passed"), analysis=analysis(Verdict.PASS)),
-    Case("first-failure-holds", running(), Hold("analysis failed (1/2)"), analysis=analysis(Verdict.FAIL)),
+    Case(
+        "first-failure-holds",
+        running(),
+        Hold("analysis failed (1/2 over the rollout)"),
+        analysis=analysis(Verdict.FAIL),
+    ),
+    Case(
+        "failures-count-over-the-rollout-not-in-a-row",
+        running(50, 1, failed_checks=1, inconclusive_checks=0),
+        Rollback("ScoreDriftFailed", "scoreDrift=0.4 (threshold <= 0.2)"),
+        analysis=analysis(Verdict.FAIL),
+    ),
+    Case(
+        "paused-canary-is-still-rolled-back-on-failure",
+        running(failed_checks=1),
+        Rollback("ScoreDriftFailed", "scoreDrift=0.4 (threshold <= 0.2)"),
+        observed=Observed(2, 2, 1, Controls(pause=True)),
+        analysis=analysis(Verdict.FAIL),
+    ),
+    Case(
+        "sticky-pause-holds-without-analysis",
+        running(pause_reason="5 inconclusive analyses in a row at 10%", paused_at=at(30)),
+        Pause("5 inconclusive analyses in a row at 10%; resume with serving.riskml.io/resume=v2"),
+    ),
+    Case(
+        "resume-ends-a-sticky-pause",
+        running(pause_reason="5 inconclusive analyses in a row at 10%", paused_at=at(30)),
+        Hold("step 1/2 at 10%: waiting for the next analysis"),
+        observed=Observed(2, 2, 1, Controls(resume="v2")),
+    ),
+    Case(
+        "paused-time-does-not-count-against-the-deadline",
+        running(paused_seconds=3600.0),
+        Hold("analysis inconclusive (1/5)"),
+        analysis=analysis(Verdict.INCONCLUSIVE),
+        now=3700,
+    ),
+    Case(
+        "deadline-stops-while-paused",
+        running(paused_at=at(10)),
+        Pause("paused by serving.riskml.io/pause"),
+        observed=Observed(2, 2, 1, Controls(pause=True)),
+        now=7200,
+    ),
+    Case(
+        "a-step-at-100-is-the-promotion",
+        running(50, 0, rollout={**ROLLOUT, "steps": [50, 100]}),
+        Promote("all 1 steps passed"),
+        analysis=analysis(Verdict.PASS),
+    ),
+    Case(
+        "only-a-100-step-promotes-once-ready",
+        running(0, rollout={**ROLLOUT, "steps": [], "stepWeight": 100, "maxWeight": 100}),
+        Promote("a step at 100% is the promotion itself"),
+    ),
+    Case(
+        "max-weight-is-the-last-weight",
+        running(40, 1, rollout={"stepWeight": 20, "maxWeight": 50}),
+        Advance(2, 50),
+        analysis=analysis(Verdict.PASS),
+    ),
+    Case(
+        "consumed-promote-does-not-promote-again",
+        running(status_extra={"consumed_controls": {"promote": "v2"}}),
+        Hold("step 1/2 at 10%: waiting for the next analysis"),
+        observed=Observed(2, 2, 1, Controls(promote="v2")),
+    ),
+    Case(
+        "promote-by-revision",
+        running(status_extra={"consumed_controls": {"promote": "v2"}}),
+        Promote("promoted by the serving.riskml.io/promote annotation"),
+        observed=Observed(2, 2, 1, Controls(promote=revision_of(model("v2")))),
+    ),
     Case(
         "failure-limit-rolls-back-naming-the-check",
         running(failed_checks=1),
@@ -111,7 +194,7 @@ CASES = [
     Case(
         "inconclusive-past-deadline-rolls-back",
         running(),
-        Rollback("ProgressDeadlineExceeded", "no conclusive analysis at 10% within 10m"),
+        Rollback("ProgressDeadlineExceeded", "no conclusive analysis at 10% within 10m (paused time excluded)"),
         analysis=analysis(Verdict.INCONCLUSIVE),
         now=601,
     ),
@@ -146,7 +229,7 @@ CASES = [
         observed=Observed(2, 2, 1, Controls(abort="v2", pause=True)),
     ),
     Case(
-        "step-weight-up-to-max",
+        "step-weight-up-to-max-multiple",
         running(40, 1, rollout={"stepWeight": 20, "maxWeight": 60}),
         Advance(2, 60),
         analysis=analysis(Verdict.PASS),
@@ -324,3 +407,126 @@ def test_restart_resumes_exactly_where_it_was(fm: FraudModel) -> None:
 )
 def test_analysis_due(fm: FraudModel, now: float, due: bool) -> None:
     assert analysis_due(fm, at(now)) is due
+
+
+def with_status(fm: FraudModel, status: FraudModelStatus, **meta: Any) -> FraudModel:
+    return fm.model_copy(update={"status": status, "metadata": fm.metadata.model_copy(update=meta)})
+
+
+def test_inconclusive_pause_is_sticky_and_does_not_flip() -> None:
+    """onInconclusive: Pause flipped Paused/Progressing every interval, with a Paused Event each time,
+    and ended in a ProgressDeadlineExceeded rollback."""
+    fm = running(inconclusive_checks=4)
+    paused = next_status(fm, READY, analysis(Verdict.INCONCLUSIVE), at(61))
+    assert paused.status.phase == Phase.PAUSED
+    assert [e.reason for e in paused.events] == ["Paused"]
+    fm = with_status(fm, paused.status)
+    for now in (90, 121, 2000):
+        result = None if now == 90 else analysis(Verdict.INCONCLUSIVE)
+        t = next_status(fm, READY, result, at(now))
+        assert t.status.phase == Phase.PAUSED, f"still paused at {now}s"
+        assert t.events == ()
+        fm = with_status(fm, t.status)
+    resumed = next_status(fm, Observed(2, 2, 1, Controls(resume="v2")), None, at(2100))
+    assert resumed.status.phase == Phase.PROGRESSING
+    assert resumed.status.consumed_controls == {"resume": "v2"}
+    assert resumed.status.canary is not None
+    assert resumed.status.canary.inconclusive_checks == 0
+    assert resumed.status.canary.paused_seconds == pytest.approx(2100 - 61)
+
+
+def test_failures_are_not_reset_by_a_pass() -> None:
+    """A canary that failed 3 of 6 analyses was promoted: a Pass reset the count."""
+    fm = running(weight=10, rollout={**ROLLOUT, "steps": [10, 20, 30, 40], "analysis": {"failureLimit": 3}})
+    verdicts = [Verdict.FAIL, Verdict.PASS, Verdict.FAIL, Verdict.PASS, Verdict.FAIL]
+    t = None
+    for i, verdict in enumerate(verdicts):
+        t = next_status(fm, READY, analysis(verdict), at(61 + 60 * i))
+        fm = with_status(fm, t.status)
+    assert t is not None
+    assert t.status.phase == Phase.ROLLED_BACK
+
+
+def test_leftover_promote_does_not_promote_a_later_revision_with_the_same_version() -> None:
+    promote = Observed(2, 2, 1, Controls(promote="v2"))
+    promoted = next_status(running(), promote, None, at(61))
+    assert promoted.status.consumed_controls == {"promote": "v2"}
+    # v2 hands over and is stable; a threshold change makes a new revision still labelled v2.
+    ready = with_status(running(), promoted.status)
+    done = next_status(ready, Observed(2, 2, 1, Controls(promote="v2")), None, at(70))
+    assert done.status.canary is None
+    new_model = model("v2", threshold=0.7)
+    fm = ready.model_copy(update={"spec": ready.spec.model_copy(update={"model": new_model}), "status": done.status})
+    started = next_status(fm, promote, None, at(80))
+    assert started.status.canary is not None
+    assert started.status.canary.revision == revision_of(new_model)
+    fm = with_status(fm, started.status)
+    t = next_status(fm, promote, None, at(90))
+    assert not isinstance(t.decision, Promote), "the leftover promote=v2 was used up by the first v2"
+
+
+def test_leftover_abort_does_not_re_abort_a_retry() -> None:
+    abort = Controls(abort="v2", retry="1")
+    aborted = next_status(running(), Observed(2, 2, 1, Controls(abort="v2")), None, at(61))
+    assert aborted.status.phase == Phase.ROLLED_BACK
+    fm = with_status(running(), aborted.status)
+    retried = next_status(fm, Observed(2, 2, 0, abort), None, at(120))
+    assert retried.status.phase == Phase.PROGRESSING
+    fm = with_status(fm, retried.status)
+    t = next_status(fm, Observed(2, 2, 1, abort), None, at(130))
+    assert t.status.phase == Phase.PROGRESSING, "the abort annotation was consumed by the first rollback"
+
+
+def test_a_retry_set_during_the_canary_does_not_relaunch_it_after_its_rollback() -> None:
+    during = Observed(2, 2, 1, Controls(abort="v2", retry="early"))
+    aborted = next_status(running(), during, None, at(61))
+    assert aborted.status.retry_token == "early"
+    fm = with_status(running(), aborted.status)
+    t = next_status(fm, Observed(2, 2, 0, Controls(retry="early")), None, at(120))
+    assert t.status.phase == Phase.ROLLED_BACK
+
+
+def test_a_promotion_has_a_deadline() -> None:
+    fm = running(50, 1)
+    promoting = next_status(fm, READY, analysis(Verdict.PASS), at(61))
+    fm = with_status(fm, promoting.status)
+    waiting = next_status(fm, Observed(1, 2, 1), None, at(300))
+    assert waiting.status.phase == Phase.PROGRESSING
+    stalled = next_status(fm, Observed(1, 2, 1), None, at(61 + 601))
+    assert stalled.status.phase == Phase.FAILED
+    assert [e.reason for e in stalled.events] == ["PromotionDeadlineExceeded"]
+    assert stalled.status.canary is not None, "the canary keeps serving"
+    again = next_status(with_status(fm, stalled.status), Observed(1, 2, 1), None, at(700))
+    assert again.events == (), "one Warning, not one per reconcile"
+    done = next_status(with_status(fm, stalled.status), Observed(2, 2, 1), None, at(800))
+    assert done.status.phase == Phase.READY
+
+
+def test_step_weight_equal_max_weight_100_promotes_instead_of_deadlocking() -> None:
+    """stepWeight == maxWeight == 100: the canary went to 100%, the stable to 0 pods, and the
+    promotion waited for stable pods forever."""
+    rollout = {"stepWeight": 100, "maxWeight": 100}
+    fm = fraudmodel("v2", status=FraudModelStatus(stable=track("v1"), phase=Phase.READY), rollout=rollout)
+    started = next_status(fm, READY, None, at(0))
+    fm = with_status(fm, started.status)
+    promoted = next_status(fm, READY, None, at(5))
+    assert isinstance(promoted.decision, Promote)
+    assert promoted.status.canary is not None
+    assert promoted.status.canary.weight == 0, "never routed 100% to the canary"
+    fm = with_status(fm, promoted.status)
+    done = next_status(fm, READY, None, at(10))
+    assert done.status.phase == Phase.READY
+
+
+@pytest.mark.parametrize(("interval", "due"), [("0s", False), ("1s", True)], ids=["zero", "one-second"])
+def test_analyses_never_hot_loop(interval: str, due: bool) -> None:
+    """interval: 0s made 340 analyses and 342 status patches in 40 s."""
+    fm = running(rollout={**ROLLOUT, "interval": interval}, analyzed_at=at(100))
+    assert analysis_due(fm, at(100.5)) is False
+    assert analysis_due(fm, at(101)) is True
+
+
+def test_docs_show_the_state_tables_the_code_runs() -> None:
+    docs = (Path(__file__).parents[2] / "docs" / "operator.md").read_text()
+    assert render_table(LIFECYCLE) in docs
+    assert render_table(CANARY_RULES) in docs
