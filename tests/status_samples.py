@@ -254,7 +254,7 @@ SCENARIOS = (
     Scenario("ready", ready, "Healthy", "serving v1", "Current"),
     Scenario("spec-changed", spec_changed, "Progressing", "observe generation 2", "InProgress"),
     Scenario("canary-step", canary_step, "Progressing", "canary v2 at 20%", "InProgress"),
-    Scenario("analysis-failed-once", analysis_failed_once, "Progressing", "analysis failed (1/2)", "InProgress"),
+    Scenario("analysis-failed-once", analysis_failed_once, "Progressing", "analysis failed (1/2 over", "InProgress"),
     Scenario("rolled-back", rolled_back, "Degraded", "FlagRateFailed", "Failed"),
     Scenario("rolled-back-scaled-down", rolled_back_scaled_down, "Degraded", "FlagRateFailed", "Failed"),
     Scenario("paused", paused, "Suspended", "paused", "InProgress"),
