@@ -186,6 +186,24 @@ class Toleration(_Model):
     toleration_seconds: int | None = Field(default=None, ge=0, description="How long to tolerate NoExecute.")
 
 
+class TopologySpread(_Model):
+    """A topologySpreadConstraint for each track's pods (the operator adds the track's label selector)."""
+
+    topology_key: str = Field(
+        max_length=316, description="Node label whose values are the domains, e.g. topology.kubernetes.io/zone."
+    )
+    max_skew: int = Field(default=1, ge=1, description="Largest allowed difference in pods between two domains.")
+    when_unsatisfiable: Literal["ScheduleAnyway", "DoNotSchedule"] = Field(
+        default="ScheduleAnyway", description="ScheduleAnyway (a preference) or DoNotSchedule (a hard rule)."
+    )
+
+
+DEFAULT_TOPOLOGY_SPREAD = (
+    TopologySpread(topology_key="kubernetes.io/hostname"),
+    TopologySpread(topology_key="topology.kubernetes.io/zone"),
+)
+
+
 # The user and group `bentoml containerize` creates in a bento image (BentoML's
 # BENTO_UID_GID) and ends the image with (`USER bentoml`, a name): the kubelet
 # refuses a name with runAsNonRoot, so pods run with these numeric ids.
@@ -263,6 +281,14 @@ class ServingSpec(_Model):
     pod_labels: dict[str, str] = Field(default_factory=dict, description="Extra pod labels.")
     node_selector: dict[str, str] = Field(default_factory=dict, description="Pod node selector.")
     tolerations: list[Toleration] = Field(default_factory=list, max_length=32, description="Pod tolerations.")
+    topology_spread: list[TopologySpread] = Field(
+        default_factory=lambda: list(DEFAULT_TOPOLOGY_SPREAD),
+        max_length=8,
+        description="How each track's pods spread over nodes and zones; default: over nodes "
+        "(kubernetes.io/hostname) and zones (topology.kubernetes.io/zone), maxSkew 1, ScheduleAnyway. "
+        "An empty list spreads nothing.",
+        json_schema_extra={"default": [{"topologyKey": t.topology_key} for t in DEFAULT_TOPOLOGY_SPREAD]},
+    )
     service_account_name: str | None = Field(
         default=None, max_length=253, description="ServiceAccount of the pods (default: the namespace's)."
     )

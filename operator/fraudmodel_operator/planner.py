@@ -193,7 +193,23 @@ def _pod_spec(fm: FraudModel, plan: TrackPlan) -> dict[str, Any]:
         pod["nodeSelector"] = dict(serving.node_selector)
     if serving.tolerations:
         pod["tolerations"] = [t.model_dump(mode="json", by_alias=True, exclude_none=True) for t in serving.tolerations]
+    if serving.topology_spread:
+        pod["topologySpreadConstraints"] = _spread(fm, plan.track)
     return pod
+
+
+def _spread(fm: FraudModel, track: Track) -> list[dict[str, Any]]:
+    """One constraint per domain, over this track's pods of the same revision (pod-template-hash)."""
+    return [
+        {
+            "maxSkew": spread.max_skew,
+            "topologyKey": spread.topology_key,
+            "whenUnsatisfiable": spread.when_unsatisfiable,
+            "labelSelector": {"matchLabels": selector_labels(fm.metadata.name, track)},
+            "matchLabelKeys": ["pod-template-hash"],
+        }
+        for spread in fm.spec.serving.topology_spread
+    ]
 
 
 def plan_deployment(fm: FraudModel, plan: TrackPlan) -> Manifest:
@@ -304,6 +320,6 @@ def plan_children(fm: FraudModel, routed: int | None = None) -> list[Manifest]:
         children.append(plan_service(fm, plan.track, plan.model))
         if plan.max_replicas is not None and plan.replicas > 0:
             children.append(plan_hpa(fm, plan))
-        if plan.track == "stable" and plan.replicas > 1:
+        if plan.replicas > 1:  # both tracks: a drain evicts one pod of a track at a time
             children.append(plan_pdb(fm, plan))
     return children

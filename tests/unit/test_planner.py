@@ -246,3 +246,70 @@ def test_every_variable_the_operator_sets_is_reserved_and_tuning_knobs_pass_thro
     assert {"FRAUDMODEL_MODEL_TAG", "FRAUDMODEL_MODEL_URI"} <= set(names)
     assert set(names) - {"TMPDIR", "FRAUDMODEL_WORKERS"} <= set(OPERATOR_ENV)
     assert {"name": "FRAUDMODEL_WORKERS", "value": "2"} in env
+
+
+@pytest.mark.parametrize(
+    ("replicas", "weight", "canary_pdb"),
+    [(10, 10, False), (10, 20, True), (4, 50, True)],
+    ids=["one-canary-pod-no-pdb", "two-canary-pods-pdb", "half-pdb"],
+)
+def test_canary_track_gets_a_pdb_with_more_than_one_pod(replicas: int, weight: int, canary_pdb: bool) -> None:
+    status = FraudModelStatus(stable=track("v1", 100 - weight), canary=canary("v2", weight))
+    children = by_name(plan_children(fraudmodel("v2", status=status, serving={"replicas": replicas})))
+    assert (("PodDisruptionBudget", "bot-canary") in children) is canary_pdb
+    if canary_pdb:
+        pdb = children[("PodDisruptionBudget", "bot-canary")]["spec"]
+        assert pdb == {
+            "maxUnavailable": 1,
+            "selector": {"matchLabels": children[("Deployment", "bot-canary")]["spec"]["selector"]["matchLabels"]},
+        }
+
+
+def test_pods_spread_over_nodes_and_zones_by_default() -> None:
+    status = FraudModelStatus(stable=track("v1", 80), canary=canary("v2", 20))
+    children = by_name(plan_children(fraudmodel("v2", status=status, serving={"replicas": 10})))
+    for name in ("bot-stable", "bot-canary"):
+        deployment = children[("Deployment", name)]["spec"]
+        spread = deployment["template"]["spec"]["topologySpreadConstraints"]
+        assert [c["topologyKey"] for c in spread] == ["kubernetes.io/hostname", "topology.kubernetes.io/zone"]
+        for constraint in spread:
+            assert constraint["maxSkew"] == 1
+            assert constraint["whenUnsatisfiable"] == "ScheduleAnyway", "a single-node cluster still schedules"
+            assert constraint["labelSelector"] == {"matchLabels": deployment["selector"]["matchLabels"]}
+            assert constraint["matchLabelKeys"] == ["pod-template-hash"], "each revision spreads on its own"
+
+
+@pytest.mark.parametrize(
+    ("spread", "expected"),
+    [
+        ([], None),
+        (
+            [{"topologyKey": "topology.kubernetes.io/zone", "maxSkew": 2, "whenUnsatisfiable": "DoNotSchedule"}],
+            [("topology.kubernetes.io/zone", 2, "DoNotSchedule")],
+        ),
+    ],
+    ids=["none", "zones-hard"],
+)
+def test_topology_spread_from_the_spec(
+    spread: list[dict[str, Any]], expected: list[tuple[str, int, str]] | None
+) -> None:
+    fm = fraudmodel(status=STABLE_ONLY, serving={"replicas": 3, "topologySpread": spread})
+    pod = by_name(plan_children(fm))[("Deployment", "bot-stable")]["spec"]["template"]["spec"]
+    got = pod.get("topologySpreadConstraints")
+    assert (
+        None if got is None else [(c["topologyKey"], c["maxSkew"], c["whenUnsatisfiable"]) for c in got]
+    ) == expected
+
+
+@pytest.mark.parametrize(
+    "spread",
+    [
+        [{"maxSkew": 1}],
+        [{"topologyKey": "zone", "maxSkew": 0}],
+        [{"topologyKey": "zone", "whenUnsatisfiable": "Maybe"}],
+    ],
+    ids=["no-key", "zero-skew", "unknown-policy"],
+)
+def test_bad_topology_spread_is_rejected(spread: list[dict[str, Any]]) -> None:
+    with pytest.raises(ValidationError):
+        fraudmodel(serving={"topologySpread": spread})

@@ -242,7 +242,11 @@ async def test_promotion_routes_away_then_deletes_the_canary_at_the_next_reconci
     after = fm.model_copy(update={"status": done.status})
     cluster.calls.clear()
     await run(after, live, cluster)
-    assert cluster.writes()[-2:] == [("delete", "Service", "bot-canary"), ("delete", "Deployment", "bot-canary")]
+    assert cluster.writes()[-3:] == [
+        ("delete", "Service", "bot-canary"),
+        ("delete", "Deployment", "bot-canary"),
+        ("delete", "PodDisruptionBudget", "bot-canary"),
+    ]
 
 
 async def test_hand_over_waits_for_the_controller_to_observe_the_new_spec() -> None:
