@@ -7,6 +7,9 @@ It does three things BentoML alone does not:
    before anything else. Invalid input gets 400 (malformed JSON), 413 (body too
    large), 415 (not JSON) or 422 (anything else) with a JSON body that names
    the field, and is counted in ``fraud_model_rejected_inputs_total{reason}``.
+   A body without a content type is refused (415), and one nested deeper than
+   the JSON parser goes (a few hundred bytes of brackets) is a 400
+   ``nesting_too_deep`` at once.
    It never reaches the model, so it can never become a 5xx or a default.
 2. **The shortest path to the model.** The validated transactions are scored
    here, by the service's own scoring method, instead of being parsed and
@@ -42,7 +45,15 @@ from .metrics import ServiceMetrics
 from .schema import Prediction, Transaction
 from .settings import Settings
 
-__all__ = ["PREDICT", "PREDICT_BATCH", "EdgeMiddleware", "Rejection", "Scorer", "reason_for", "validate_body"]
+__all__ = [
+    "PREDICT",
+    "PREDICT_BATCH",
+    "EdgeMiddleware",
+    "Rejection",
+    "Scorer",
+    "reason_for",
+    "validate_body",
+]
 
 PREDICT = "/predict"
 PREDICT_BATCH = "/predict_batch"
@@ -126,6 +137,11 @@ def validate_body(path: str, body: bytes, settings: Settings) -> list[Transactio
         payload = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise _reject(400, "malformed_json", "$", f"body is not valid JSON: {exc}") from None
+    except RecursionError:
+        # The C parser stops at the interpreter's recursion limit (about 1,000 levels)
+        # and raises at once; escaped, the error hung the request until BentoML's
+        # timeout and came back as an uncounted 500. No transaction nests at all.
+        raise _reject(400, "nesting_too_deep", "$", "body is nested too deeply to be a transaction") from None
     if path == PREDICT:
         if not isinstance(payload, dict):
             raise _reject(422, "wrong_type", "$", "body must be one transaction (a JSON object)")
@@ -134,7 +150,9 @@ def validate_body(path: str, body: bytes, settings: Settings) -> list[Transactio
         raise _reject(422, "wrong_type", "$", 'body must be {"transactions": [...]}')
     for key in payload:
         if key != "transactions":
-            raise _reject(422, "unknown_field", _path("", (key,)), "unexpected field; the body has only 'transactions'")
+            raise _reject(
+                422, "unknown_field", _path("", (key,)), "unexpected field; the body has only 'transactions'"
+            )
     if "transactions" not in payload:
         raise _reject(422, "missing_field", "transactions", "Field required")
     items = payload["transactions"]
@@ -148,6 +166,15 @@ def validate_body(path: str, body: bytes, settings: Settings) -> list[Transactio
             f"{len(items)} transactions, at most {settings.max_batch_size} per request",
         )
     return [_check(item, f"transactions[{i}]") for i, item in enumerate(items)]
+
+
+def _content_type(scope: Scope) -> bytes:
+    """The request's media type, lower case without parameters; b"" when there is none
+    (a body without a content type is not taken for JSON)."""
+    for key, value in scope.get("headers") or ():
+        if key == b"content-type":
+            return bytes(value).split(b";")[0].strip().lower()
+    return b""
 
 
 async def _read_body(receive: Receive, limit: int) -> bytes | None:
@@ -233,14 +260,21 @@ class EdgeMiddleware:
         metrics.shed.inc()
         await _respond(send, 503, self._shed_body, (self._retry_after,))
 
-    async def _handle(self, scope: Scope, receive: Receive, send: Send, path: str, metrics: ServiceMetrics) -> None:
+    async def _handle(
+        self, scope: Scope, receive: Receive, send: Send, path: str, metrics: ServiceMetrics
+    ) -> None:
         try:
-            ctype = dict(scope.get("headers") or []).get(b"content-type", b"application/json")
-            if ctype.split(b";")[0].strip().lower() != b"application/json":
-                raise _reject(415, "unsupported_media_type", "$", "send application/json")
+            ctype = _content_type(scope)
+            if ctype != b"application/json":
+                shown = ctype.decode("latin-1")[:80] if ctype else "none"
+                raise _reject(
+                    415, "unsupported_media_type", "$", f"content type {shown}: send application/json"
+                )
             body = await _read_body(receive, self.settings.max_body_bytes)
             if body is None:
-                raise _reject(413, "batch_too_large", "$", f"body larger than {self.settings.max_body_bytes} bytes")
+                raise _reject(
+                    413, "batch_too_large", "$", f"body larger than {self.settings.max_body_bytes} bytes"
+                )
             transactions = validate_body(path, body, self.settings)
         except Rejection as rej:
             metrics.rejected(rej.reason)
@@ -263,14 +297,18 @@ class EdgeMiddleware:
             logger.exception("scoring %d transaction(s) failed", len(transactions))
             await _respond(send, 500, json.dumps({"error": "scoring failed", "message": str(exc)}).encode())
             return
-        await _respond(send, 200, _ONE_OUT.dump_json(predictions[0]) if single else _MANY_OUT.dump_json(predictions))
+        await _respond(
+            send, 200, _ONE_OUT.dump_json(predictions[0]) if single else _MANY_OUT.dump_json(predictions)
+        )
 
     async def _forward(
         self, scope: Scope, receive: Receive, send: Send, body: bytes, single: bool, metrics: ServiceMetrics
     ) -> None:
         """Hand the request to BentoML's ``/predict_batch`` API (adaptive batching)."""
         forward_body = b'{"transactions":[' + body + b"]}" if single else body
-        headers = [(k, v) for k, v in scope.get("headers") or [] if k not in (b"content-length", b"content-type")]
+        headers = [
+            (k, v) for k, v in scope.get("headers") or [] if k not in (b"content-length", b"content-type")
+        ]
         headers += [
             (b"content-type", b"application/json"),
             (b"content-length", str(len(forward_body)).encode()),
@@ -303,7 +341,9 @@ class EdgeMiddleware:
 
         await self.app(inner_scope, inner_receive, inner_send)
 
-    async def _finish(self, send: Send, start: Message, body: bytes, single: bool, metrics: ServiceMetrics) -> None:
+    async def _finish(
+        self, send: Send, start: Message, body: bytes, single: bool, metrics: ServiceMetrics
+    ) -> None:
         status = int(start["status"])
         if status == 503:
             await self._shed(send, metrics)

@@ -32,6 +32,7 @@ REJECT_REASONS = (
     "unknown_field",
     "batch_too_large",
     "malformed_json",
+    "nesting_too_deep",
     "unsupported_media_type",
 )
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 import pytest
+
 from fraud_detector.data import payloads
 from fraud_detector.metrics import score_buckets
 
@@ -109,6 +110,15 @@ INVALID = [
     ("out of range", "/predict", {**BODIES[0], "hour_of_day": 99}, 422, "out_of_range", "hour_of_day"),
     ("unknown field", "/predict", {**BODIES[0], "colour": "red"}, 422, "unknown_field", "colour"),
     ("malformed json", "/predict", b'{"amount": ', 400, "malformed_json", "$"),
+    ("nested 1,000 deep", "/predict", b"[" * 1000 + b"]" * 1000, 400, "nesting_too_deep", "$"),
+    (
+        "batch item nested 5,000 deep",
+        "/predict_batch",
+        b'{"transactions": [' + b'{"a":' * 5000 + b"1" + b"}" * 5000 + b"]}",
+        400,
+        "nesting_too_deep",
+        "$",
+    ),
     (
         "bad item in batch",
         "/predict_batch",
@@ -128,7 +138,9 @@ INVALID = [
 ]
 
 
-@pytest.mark.parametrize(("name", "path", "body", "status", "reason", "field"), INVALID, ids=[c[0] for c in INVALID])
+@pytest.mark.parametrize(
+    ("name", "path", "body", "status", "reason", "field"), INVALID, ids=[c[0] for c in INVALID]
+)
 def test_invalid_input_is_a_4xx_naming_the_field_and_counted(
     server: Server, name: str, path: str, body: Any, status: int, reason: str, field: str
 ) -> None:
@@ -136,16 +148,25 @@ def test_invalid_input_is_a_4xx_naming_the_field_and_counted(
     before = metric(server, "fraud_model_rejected_inputs_total", **labels)
     r = post(server, path, body)
     assert r.status_code == status, r.text
+    assert r.elapsed.total_seconds() < 2, r.elapsed  # refused at once, not at the request timeout
     out = r.json()
     assert (out["reason"], out["field"]) == (reason, field)
     assert field in out["message"]
     assert metric(server, "fraud_model_rejected_inputs_total", **labels) == before + 1
 
 
-def test_non_json_media_type_is_refused(server: Server) -> None:
-    r = post(server, "/predict", b"amount=3", headers={"content-type": "application/x-www-form-urlencoded"})
-    assert r.status_code == 415
+@pytest.mark.parametrize(
+    "headers",
+    [{"content-type": "application/x-www-form-urlencoded"}, {"content-type": "text/plain"}, {}],
+    ids=["form", "text", "none"],
+)
+def test_non_json_media_type_is_refused_and_counted(server: Server, headers: dict[str, str]) -> None:
+    labels = {"model_version": GOOD, "track": "canary", "reason": "unsupported_media_type"}
+    before = metric(server, "fraud_model_rejected_inputs_total", **labels)
+    r = post(server, "/predict", json.dumps(BODIES[0]).encode(), headers=headers)
+    assert r.status_code == 415, r.text
     assert r.json()["reason"] == "unsupported_media_type"
+    assert metric(server, "fraud_model_rejected_inputs_total", **labels) == before + 1
 
 
 def test_metrics_present_and_moving(server: Server) -> None:
@@ -186,7 +207,9 @@ def test_metrics_present_and_moving(server: Server) -> None:
 
 
 def test_regressed_model_as_stable_track_flags_more(start_server: StartServer, server: Server) -> None:
-    bad = start_server(FRAUDMODEL_MODEL_TAG=f"fraud_detector:{BAD}")  # version and track from the model and default
+    bad = start_server(
+        FRAUDMODEL_MODEL_TAG=f"fraud_detector:{BAD}"
+    )  # version and track from the model and default
     body = {"transactions": payloads(400, seed=2024)}
     good_out = post(server, "/predict_batch", body).json()
     bad_out = post(bad, "/predict_batch", body).json()
@@ -221,13 +244,17 @@ def test_overload_is_shed_with_503_and_retry_after(start_server: StartServer) ->
         assert r.json()["reason"] == "shed"
     labels = {"model_version": "v1-tight", "track": "stable"}
     assert metric(tight, "fraud_model_shed_requests_total", **labels) == len(shed)
-    assert metric(tight, "bentoml_service_request_total", endpoint="/predict", http_response_code="503") == len(shed)
+    assert metric(
+        tight, "bentoml_service_request_total", endpoint="/predict", http_response_code="503"
+    ) == len(shed)
 
 
 def test_fault_injection_fails_and_delays_scoring_as_a_real_model_error(start_server: StartServer) -> None:
     """Off by default; when set, failures are 500s (model errors, unlike shed 503s) and calls are slower."""
     faulty = start_server(
-        FRAUDMODEL_MODEL_TAG=f"fraud_detector:{GOOD}", FRAUDMODEL_FAULT_ERROR_RATE="1", FRAUDMODEL_FAULT_DELAY_MS="50"
+        FRAUDMODEL_MODEL_TAG=f"fraud_detector:{GOOD}",
+        FRAUDMODEL_FAULT_ERROR_RATE="1",
+        FRAUDMODEL_FAULT_DELAY_MS="50",
     )
     body = payloads(1, seed=3)[0]
     started = time.monotonic()
@@ -235,7 +262,9 @@ def test_fault_injection_fails_and_delays_scoring_as_a_real_model_error(start_se
     assert response.status_code == 500
     assert time.monotonic() - started >= 0.05
     assert metric(faulty, "fraud_model_shed_requests_total", track="stable") == 0.0
-    assert metric(faulty, "bentoml_service_request_total", endpoint="/predict", http_response_code="500") == 1.0
+    assert (
+        metric(faulty, "bentoml_service_request_total", endpoint="/predict", http_response_code="500") == 1.0
+    )
 
 
 def test_adaptive_batching_answers_as_the_direct_path_does(start_server: StartServer, server: Server) -> None:

@@ -5,6 +5,7 @@ import re
 from typing import Any
 
 import pytest
+
 from fraud_detector.data import payloads
 from fraud_detector.edge import PREDICT, PREDICT_BATCH, Rejection, validate_body
 from fraud_detector.settings import Settings
@@ -107,6 +108,15 @@ EDGE_CASES: list[tuple[str, str, bytes, int, str, str]] = [
     ("not json", PREDICT, b"{amount: 3", 400, "malformed_json", "$"),
     ("not utf-8", PREDICT, b"\xff\xfe", 400, "malformed_json", "$"),
     ("array body", PREDICT, b"[]", 422, "wrong_type", "$"),
+    ("nested 100,000 deep", PREDICT, b"[" * 100_000 + b"]" * 100_000, 400, "nesting_too_deep", "$"),
+    (
+        "object nested deep",
+        PREDICT_BATCH,
+        b'{"a":' * 5_000 + b"1" + b"}" * 5_000,
+        400,
+        "nesting_too_deep",
+        "$",
+    ),
     ("batch valid", PREDICT_BATCH, json.dumps({"transactions": [VALID, VALID]}).encode(), 0, "", ""),
     ("batch not object", PREDICT_BATCH, json.dumps([VALID]).encode(), 422, "wrong_type", "$"),
     ("batch missing key", PREDICT_BATCH, b"{}", 422, "missing_field", "transactions"),
