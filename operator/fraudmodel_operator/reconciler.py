@@ -22,7 +22,7 @@ from fraudmodel_operator.conditions import desired_conditions, merge_conditions
 from fraudmodel_operator.kube import Kube, Manifest, NotServable, WriteRefused, merge_patch, with_owner
 from fraudmodel_operator.metrics import OperatorMetrics
 from fraudmodel_operator.ordering import Write, WritePlan, plan_writes, route_weight
-from fraudmodel_operator.planner import child_name, plan_children, plan_tracks
+from fraudmodel_operator.planner import Track, child_name, plan_children, plan_tracks
 from fraudmodel_operator.pods import PodState, pod_problem, stalled_by_pods
 from fraudmodel_operator.rollout import Controls, Event, Observed, analysis_due, next_status, rollout_deadline
 from fraudmodel_operator.routers import ReplicaRatioRouter, TrafficRouter, router_for, router_from
@@ -95,15 +95,21 @@ def observe(fm: FraudModel, live: LiveChildren) -> Observed:
     )
 
 
-def _with_replicas(status: FraudModelStatus, fm: FraudModel, live: LiveChildren) -> FraudModelStatus:
-    name = fm.metadata.name
-    stable_ready, stable_desired = deployment_ready(live.get(("Deployment", child_name(name, "stable"))), None)
-    update: dict[str, Any] = {
-        "stable": status.stable.model_copy(update={"replicas": stable_desired, "ready_replicas": stable_ready})
-    }
+def _with_replicas(
+    status: FraudModelStatus, fm: FraudModel, live: LiveChildren, planned: LiveChildren
+) -> FraudModelStatus:
+    """Ready pods as the Deployments report them; desired pods as just planned where the operator
+    sets them (else the next reconcile would write the status again only to catch up)."""
+
+    def counts(track: Track) -> dict[str, int]:
+        key = ("Deployment", child_name(fm.metadata.name, track))
+        ready, desired = deployment_ready(live.get(key), None)
+        wanted = ((planned.get(key) or {}).get("spec") or {}).get("replicas")
+        return {"replicas": desired if wanted is None else int(wanted), "ready_replicas": ready}
+
+    update: dict[str, Any] = {"stable": status.stable.model_copy(update=counts("stable"))}
     if status.canary is not None:
-        ready, desired = deployment_ready(live.get(("Deployment", child_name(name, "canary"))), None)
-        update["canary"] = status.canary.model_copy(update={"replicas": desired, "ready_replicas": ready})
+        update["canary"] = status.canary.model_copy(update=counts("canary"))
     return status.model_copy(update=update)
 
 
@@ -307,6 +313,7 @@ async def reconcile(
     events = list(transition.events)
     done = Applied()
     routed, why = 0, ""
+    planned: dict[tuple[str, str], Manifest] = {}
     try:
         routing = await read_routing(ctx, fm, target)
     except NotServable as exc:
@@ -315,6 +322,7 @@ async def reconcile(
     else:
         routed, why = route_weight(target, observed.canary_ready, _canary_pods(target), routing.live_canary)
         desired = [with_owner(m, target) for m in plan_children(target, routed)]
+        planned = {(m["kind"], m["metadata"]["name"]): m for m in desired}
         plan = plan_writes(fm, target, desired, live, routed, routing.live_canary, routing.old is not None)
         done = await execute(ctx, target, routing, plan)
         status = _routed_status(status, fm, routing, routed, why, done)
@@ -331,7 +339,7 @@ async def reconcile(
         failure, detail = problem
     deadline_s = parse_duration(fm.spec.rollout.progress_deadline)
     stalled = bool(failure) and stalled_by_pods(fm.status.conditions, failure, deadline_s, now)
-    status = _with_replicas(status, fm, live)
+    status = _with_replicas(status, fm, live, planned)
     conditions = merge_conditions(
         fm.status.conditions, desired_conditions(status, failure, detail, stalled), fm.metadata.generation, now
     )

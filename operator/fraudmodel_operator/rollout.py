@@ -465,7 +465,9 @@ def _deploy(m: Moment) -> Transition:
     spec = m.fm.spec
     stable = _track(spec.model, 100)
     event = Event("Normal", "Deploying", f"deploying {spec.model.version} as the stable track")
-    return Transition(m.base.model_copy(update={"stable": stable, "phase": Phase.PROGRESSING}), (event,))
+    # The message the next reconcile would write anyway: one status write per change, not two.
+    update = {"stable": stable, "phase": Phase.PROGRESSING, "message": "waiting for stable pods"}
+    return Transition(m.base.model_copy(update=update), (event,))
 
 
 def _promotion_stalled(m: Moment) -> Transition:

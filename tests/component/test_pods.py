@@ -56,6 +56,7 @@ async def test_image_pull_error_is_degraded_with_the_pods_reason_and_an_event(ha
     assert harness.status("bot")["phase"] == "Progressing"
     (event,) = await eventually(lambda: harness.events("ImagePullFailed"))
     assert event["type"] == "Warning"
+    assert event["source"]["component"] == event["reportingComponent"] == "fraudmodel-operator"
     assert "bot-stable-abc" in event["message"]
 
     # The pod goes: so does the problem.

@@ -136,3 +136,20 @@ async def test_router_missing_from_the_cluster_is_reported_not_crashed(harness: 
     warnings = await eventually(lambda: harness.events("RouterUnavailable"))
     assert warnings[0]["type"] == "Warning"
     await eventually(lambda: harness.get(DEPLOYMENTS, "plain-stable"))
+
+
+async def test_one_status_write_per_change(harness: Harness) -> None:
+    """`kubectl get fm -w` printed each row twice: a write with the replicas of the Deployment
+    before the apply, then one catching up on the apply's own watch event."""
+    await harness.create(fraudmodel())
+    await eventually(lambda: harness.get(DEPLOYMENTS, "bot-stable"))
+    await eventually(lambda: harness.status("bot").get("stable", {}).get("replicas") == 3)
+    reconciles = harness.metrics.reconciles.labels("unchanged")._value.get()
+    await eventually(lambda: harness.metrics.reconciles.labels("unchanged")._value.get() >= reconciles + 3)
+    await harness.ready("bot-stable")
+    await eventually(lambda: harness.status("bot").get("phase") == "Ready")
+    reconciles = harness.metrics.reconciles.labels("unchanged")._value.get()
+    await eventually(lambda: harness.metrics.reconciles.labels("unchanged")._value.get() >= reconciles + 3)
+    status_writes = [r for r in harness.writes() if str(r.url.path).endswith("/status")]
+    phases = [(r.data or {}).get("status", {}).get("phase") for r in status_writes]
+    assert phases == ["Progressing", "Ready"], [r.data for r in status_writes]
