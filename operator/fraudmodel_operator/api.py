@@ -322,11 +322,24 @@ class ReplicaRatioRouting(_Model):
     """Split traffic by replica counts behind the shared Service (works on any cluster)."""
 
 
+class ParentRef(_Model):
+    """A parent (usually a Gateway) of the HTTPRoute, as Gateway API's ParentReference."""
+
+    name: str = Field(min_length=1, max_length=253, description="Name of the parent.")
+    namespace: str | None = Field(default=None, max_length=63, description="Its namespace (default: the route's).")
+    group: str | None = Field(
+        default=None, max_length=253, description="Its API group (default: gateway.networking.k8s.io)."
+    )
+    kind: str | None = Field(default=None, max_length=63, description="Its kind (default: Gateway).")
+    section_name: str | None = Field(default=None, max_length=253, description="A listener of the Gateway.")
+    port: int | None = Field(default=None, ge=1, le=65535, description="A port of the Gateway.")
+
+
 class GatewayAPIRouting(_Model):
     """Weights on the backendRefs of a Gateway API HTTPRoute."""
 
     http_route: DNSLabel = Field(description="Name of the HTTPRoute (same namespace) whose rule the operator owns.")
-    parent_refs: list[dict[str, str]] = Field(
+    parent_refs: list[ParentRef] = Field(
         default_factory=list,
         max_length=8,
         description="Gateways the route attaches to, e.g. `[{name: public-gw, namespace: gateways}]`; "

@@ -10,6 +10,7 @@ description.
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -143,7 +144,28 @@ def openapi_schema(model: type[BaseModel]) -> dict[str, Any]:
         _mark_optional(node)
     result = structural(schema, defs)
     _strip_marks(result)
+    _explain(result)
     return result
+
+
+def _explain(node: dict[str, Any]) -> None:
+    """Put defaults and formats into the descriptions: `kubectl explain` prints neither."""
+    for prop in node.get("properties", {}).values():
+        notes = []
+        default = prop.get("default")
+        said = "default" in prop.get("description", "").lower()
+        objects = isinstance(default, dict) or (isinstance(default, list) and any(isinstance(v, dict) for v in default))
+        if default not in (None, "", {}, []) and not said and not objects:
+            notes.append(f"default {json.dumps(default) if not isinstance(default, str) else default}")
+        if prop.get("pattern") == api.DURATION_PATTERN:
+            notes.append("a duration such as 30s, 5m or 1h30m")
+        if notes:
+            text = prop.get("description", "").rstrip()
+            end = "." if text.endswith(".") else ""
+            prop["description"] = f"{text.removesuffix('.')} ({'; '.join(notes)}){end}".lstrip()
+        _explain(prop)
+        if isinstance(prop.get("items"), dict):
+            _explain(prop["items"])
 
 
 PRINTER_COLUMNS = [

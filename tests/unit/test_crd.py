@@ -7,8 +7,9 @@ from typing import Any
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
-from fraudmodel_operator import crd
+from fraudmodel_operator import api, crd
 
 CRD_FILE = Path(__file__).parents[2] / "crds" / "fraudmodel.yaml"
 FORBIDDEN = ("$ref", "anyOf", "allOf", "oneOf", "$defs", "title", "const")
@@ -105,3 +106,40 @@ def test_defaults_enums_bounds_and_subresources() -> None:
     assert columns["Weight"] == ".status.canary.weight"
     assert "Age" in columns
     assert doc["spec"]["names"]["shortNames"] == ["fm"]
+
+
+def properties(node: dict[str, Any], path: str = "") -> list[tuple[str, dict[str, Any]]]:
+    found = []
+    for name, prop in node.get("properties", {}).items():
+        here = f"{path}.{name}" if path else name
+        found.append((here, prop))
+        found += properties(prop, here)
+        if isinstance(prop.get("items"), dict):
+            found += properties(prop["items"], f"{here}[]")
+    return found
+
+
+def test_kubectl_explain_shows_defaults_and_formats() -> None:
+    """kubectl explain prints descriptions, not schema defaults or patterns: the descriptions say them."""
+    spec = schema()["properties"]["spec"]
+    for path, prop in properties(spec, "spec"):
+        description = prop["description"]
+        default = prop.get("default")
+        if default not in (None, "", {}, []) and not isinstance(default, dict | list):
+            assert "default" in description.lower(), f"{path}: {description!r} does not give its default"
+        if prop.get("pattern") == api.DURATION_PATTERN:
+            assert "a duration such as 30s, 5m or 1h30m" in description, f"{path}: {description!r}"
+    interval = dict(properties(spec, "spec"))["spec.rollout.interval"]
+    assert (
+        interval["description"]
+        == "Time at each step before its analysis (default 1m; a duration such as 30s, 5m or 1h30m)."
+    )
+
+
+def test_gateway_parent_refs_are_typed() -> None:
+    refs = dict(properties(schema()["properties"]["spec"], "spec"))["spec.rollout.trafficRouting.gatewayAPI.parentRefs"]
+    assert refs["items"]["required"] == ["name"]
+    assert {"name", "namespace", "group", "kind", "sectionName", "port"} == set(refs["items"]["properties"])
+    routing = {"httpRoute": "r", "parentRefs": [{"name": "gw", "nmespace": "gateways"}]}
+    with pytest.raises(ValidationError, match="nmespace"):
+        api.GatewayAPIRouting.model_validate(routing)

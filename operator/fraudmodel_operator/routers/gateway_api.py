@@ -21,7 +21,9 @@ def plan_httproute(fm: FraudModel, config: GatewayAPIRouting, stable: int, canar
         backends.append({"name": child_name(name, "canary"), "port": 80, "weight": canary})
     spec: dict[str, Any] = {"rules": [{"backendRefs": backends}]}
     if config.parent_refs:
-        spec["parentRefs"] = [dict(ref) for ref in config.parent_refs]
+        spec["parentRefs"] = [
+            ref.model_dump(mode="json", by_alias=True, exclude_none=True) for ref in config.parent_refs
+        ]
     return {
         "apiVersion": API_VERSION,
         "kind": "HTTPRoute",
