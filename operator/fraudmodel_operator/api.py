@@ -9,13 +9,27 @@ tests); the cluster tier proves both agree on the examples.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal, InvalidOperation
 from enum import StrEnum
 from itertools import pairwise
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+import promql_parser
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    GetCoreSchemaHandler,
+    GetJsonSchemaHandler,
+    field_validator,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema, core_schema
 
 GROUP = "serving.riskml.io"
 VERSION = "v1alpha1"
@@ -28,8 +42,30 @@ DURATION_PATTERN = r"^([0-9]+(ms|s|m|h))+$"
 _DURATION_PART = re.compile(r"([0-9]+)(ms|s|m|h)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 HISTORY_LIMIT = 10
-# Children are named `<name>-stable` / `<name>-canary`; Services need DNS-1035 labels (63).
+# Children are named `<name>`, `<name>-stable` and `<name>-canary`; Services need DNS-1035
+# labels (63 characters, starting with a letter). These rules are the root's CEL rules
+# (crd.py) and the operator's own check of metadata.name, with the same messages.
 MAX_NAME_LENGTH = 56
+CHILD_SUFFIXES = ("-stable", "-canary")
+NAME_RULES: tuple[tuple[str, str, Callable[[str], bool]], ...] = (
+    (
+        f"self.metadata.name.size() <= {MAX_NAME_LENGTH}",
+        f"metadata.name must be at most {MAX_NAME_LENGTH} characters (child objects append -stable/-canary)",
+        lambda name: len(name) <= MAX_NAME_LENGTH,
+    ),
+    (
+        "self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')",
+        "metadata.name must start with a lowercase letter and hold only lowercase letters, digits and '-' "
+        "(a DNS-1035 label): it names the FraudModel's Services",
+        lambda name: re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", name) is not None,
+    ),
+    (
+        " && ".join(f"!self.metadata.name.endsWith('{suffix}')" for suffix in CHILD_SUFFIXES),
+        "metadata.name must not end in -stable or -canary: FraudModel `fraud` names its own Services "
+        "fraud-stable and fraud-canary, so a FraudModel `fraud-canary` would claim the same Service",
+        lambda name: not name.endswith(CHILD_SUFFIXES),
+    ),
+)
 
 # Manual controls live in annotations, not in `spec`, so a GitOps tool that owns
 # `spec` never sees drift when a human pauses, promotes, aborts or retries.
@@ -48,18 +84,148 @@ def parse_duration(value: str) -> float:
     return sum(int(n) * _UNIT_SECONDS[unit] for n, unit in _DURATION_PART.findall(value))
 
 
+def _cel(*rules: tuple[str, str]) -> dict[str, Any]:
+    return {"x-kubernetes-validations": [{"rule": r, "message": m} for r, m in rules]}
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One rule checked twice with the same message: by the API server (CEL) and by the operator.
+
+    Used as `Annotated[T, Rule(...)]`: the CEL rule lands on the field's schema node, the
+    Python check runs after pydantic's own validation of the field.
+    """
+
+    cel: str
+    message: str
+    check: Callable[[Any], bool]
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> CoreSchema:
+        def validate(value: Any) -> Any:
+            if not self.check(value):
+                raise ValueError(self.message)
+            return value
+
+        return core_schema.no_info_after_validator_function(validate, handler(source))
+
+    def __get_pydantic_json_schema__(self, schema: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+        node = handler(schema)
+        node.setdefault("x-kubernetes-validations", []).append({"rule": self.cel, "message": self.message})
+        return node
+
+
+def duration_between(low: str, high: str) -> Rule:
+    """A duration field bounded on both sides (`0s` hot-loops a rollout, `1000h` never ends)."""
+    lo, hi = parse_duration(low), parse_duration(high)
+    return Rule(
+        f"duration(self) >= duration('{low}') && duration(self) <= duration('{high}')",
+        f"must be a duration between {low} and {high}",
+        lambda value: lo <= parse_duration(value) <= hi,
+    )
+
+
 Duration = Annotated[str, Field(pattern=DURATION_PATTERN, max_length=32)]
 Ratio = Annotated[float, Field(ge=0.0, le=1.0)]
+
+# ---------------------------------------------------------------- quantities (as the API server reads them)
+
+_QUANTITY = re.compile(r"([+-]?)([0-9]+(?:\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+|Ki|Mi|Gi|Ti|Pi|Ei|[numkMGTPE])?")
+_SUFFIX = {
+    "n": Decimal("1e-9"),
+    "u": Decimal("1e-6"),
+    "m": Decimal("1e-3"),
+    "": Decimal(1),
+    "k": Decimal("1e3"),
+    "M": Decimal("1e6"),
+    "G": Decimal("1e9"),
+    "T": Decimal("1e12"),
+    "P": Decimal("1e15"),
+    "E": Decimal("1e18"),
+    **{s: Decimal(1024) ** (i + 1) for i, s in enumerate(("Ki", "Mi", "Gi", "Ti", "Pi", "Ei"))},
+}
+
+
+def parse_quantity(value: int | str) -> Decimal:
+    """The value of a Kubernetes quantity (`500m`, `1.5`, `1Gi`, `2e3`, `4`); ValueError if it is none."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return Decimal(value)
+    match = _QUANTITY.fullmatch(str(value))
+    if match is None:
+        raise ValueError(f"{value!r} is not a quantity")
+    sign, number, suffix = match.groups()
+    try:
+        if suffix and suffix[0] in "eE" and len(suffix) > 1:
+            magnitude = Decimal(number) * Decimal(10) ** int(suffix[1:])
+        else:
+            magnitude = Decimal(number) * _SUFFIX[suffix or ""]
+    except (InvalidOperation, OverflowError):
+        raise ValueError(f"{value!r} is not a quantity") from None
+    return -magnitude if sign == "-" else magnitude
+
+
+def _is_quantity(value: int | str) -> bool:
+    try:
+        return parse_quantity(value) >= 0
+    except ValueError:
+        return False
+
+
+QUANTITY_MESSAGE = "must be a non-negative quantity such as 500m, 1.5, 2, 1Gi or 512Mi"
 Quantity = Annotated[
     int | str,
     Field(json_schema_extra={"x-kubernetes-int-or-string": True}),
+    Rule(
+        "type(self) == int ? self >= 0 : isQuantity(self) && quantity(self).sign() >= 0",
+        QUANTITY_MESSAGE,
+        _is_quantity,
+    ),
+]
+
+# ---------------------------------------------------------------- labels and names (as the API server checks them)
+
+# Written without backslashes, so the same text is a valid CEL string literal.
+LABEL_VALUE_PATTERN = r"^(([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9])?$"
+DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+QUALIFIED_NAME_PATTERN = (
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"  # an optional DNS prefix, '/'
+    r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"  # the name
+)
+MAX_QUALIFIED_NAME = 253 + 1 + 63  # DNS prefix, '/', name
+
+
+def _qualified_name(key: str) -> bool:
+    return len(key) <= MAX_QUALIFIED_NAME and re.fullmatch(QUALIFIED_NAME_PATTERN, key) is not None
+
+
+def _label_value(value: str) -> bool:
+    return re.fullmatch(LABEL_VALUE_PATTERN, value) is not None
+
+
+_KEY_CEL = f"k.size() <= {MAX_QUALIFIED_NAME} && k.matches('{QUALIFIED_NAME_PATTERN}')"
+LABELS_MESSAGE = (
+    "label keys must be qualified names (an optional DNS prefix and '/', then at most 63 letters, digits, '-', "
+    "'_' or '.', starting and ending with a letter or digit) and values at most 63 such characters"
+)
+ANNOTATIONS_MESSAGE = (
+    "annotation keys must be qualified names (an optional DNS prefix and '/', then at most 63 letters, digits, "
+    "'-', '_' or '.', starting and ending with a letter or digit)"
+)
+Labels = Annotated[
+    dict[str, str],
+    Field(max_length=64),
+    Rule(
+        f"self.all(k, {_KEY_CEL} && self[k].matches('{LABEL_VALUE_PATTERN}'))",
+        LABELS_MESSAGE,
+        lambda labels: all(_qualified_name(k) and _label_value(v) for k, v in labels.items()),
+    ),
+]
+Annotations = Annotated[
+    dict[str, str],
+    Field(max_length=64),
+    Rule(f"self.all(k, {_KEY_CEL})", ANNOTATIONS_MESSAGE, lambda annotations: all(map(_qualified_name, annotations))),
 ]
 LabelValue = Annotated[str, Field(pattern=r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?$")]
 DNSLabel = Annotated[str, Field(pattern=r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$", max_length=63)]
-
-
-def _cel(*rules: tuple[str, str]) -> dict[str, Any]:
-    return {"x-kubernetes-validations": [{"rule": r, "message": m} for r, m in rules]}
 
 
 class _Model(BaseModel):
@@ -121,19 +287,61 @@ class ModelSpec(_Model):
 # ---------------------------------------------------------------- spec.serving
 
 
+RESOURCE_NAME_MESSAGE = (
+    "resource names are cpu, memory, ephemeral-storage, hugepages-<size> or a qualified extended resource "
+    "such as nvidia.com/gpu"
+)
+REQUESTS_LE_LIMITS_MESSAGE = (
+    "a request must not exceed the limit of the same resource (limits default to {memory: 2Gi} when not set)"
+)
+
+
+def _resource_name(name: str) -> bool:
+    return name in ("cpu", "memory", "ephemeral-storage") or name.startswith("hugepages-") or "/" in name
+
+
+ResourceList = Annotated[
+    dict[str, Quantity],
+    Field(max_length=16),
+    Rule(
+        "self.all(k, k in ['cpu', 'memory', 'ephemeral-storage'] || k.startsWith('hugepages-') || k.contains('/'))",
+        RESOURCE_NAME_MESSAGE,
+        lambda resources: all(map(_resource_name, resources)),
+    ),
+]
+
+
 class ResourceRequirements(_Model):
     """Compute resources of each serving container."""
 
-    requests: dict[str, Quantity] = Field(
+    model_config = ConfigDict(
+        json_schema_extra=_cel(
+            (
+                "!has(self.requests) || !has(self.limits) || self.requests.all(k, !(k in self.limits)"
+                " || !isQuantity(string(self.requests[k])) || !isQuantity(string(self.limits[k]))"
+                " || quantity(string(self.requests[k])).compareTo(quantity(string(self.limits[k]))) <= 0)",
+                REQUESTS_LE_LIMITS_MESSAGE,
+            ),
+        )
+    )
+
+    requests: ResourceList = Field(
         default_factory=lambda: dict[str, int | str](cpu="500m", memory="1Gi"),
         description="Minimum resources, e.g. `{cpu: 500m, memory: 1Gi}`.",
         json_schema_extra={"default": {"cpu": "500m", "memory": "1Gi"}},
     )
-    limits: dict[str, Quantity] = Field(
+    limits: ResourceList = Field(
         default_factory=lambda: dict[str, int | str](memory="2Gi"),
-        description="Maximum resources, e.g. `{memory: 2Gi}`.",
+        description="Maximum resources, e.g. `{memory: 2Gi}`; each request must be at most its limit.",
         json_schema_extra={"default": {"memory": "2Gi"}},
     )
+
+    @model_validator(mode="after")
+    def _requests_le_limits(self) -> ResourceRequirements:
+        for name, request in self.requests.items():
+            if name in self.limits and parse_quantity(request) > parse_quantity(self.limits[name]):
+                raise ValueError(f"{REQUESTS_LE_LIMITS_MESSAGE}: {name} request {request} > limit {self.limits[name]}")
+        return self
 
 
 class Autoscaling(_Model):
@@ -174,16 +382,53 @@ class EnvVar(_Model):
     value: str = Field(default="", max_length=32768, description="Variable value.")
 
 
+TOLERATION_RULES = (
+    (
+        "!has(self.value) || self.value == '' || self.operator != 'Exists'",
+        "a toleration with operator Exists must not set a value",
+    ),
+    (
+        "(has(self.key) && self.key != '') || self.operator == 'Exists'",
+        "a toleration without a key must use operator Exists",
+    ),
+    (
+        "!has(self.tolerationSeconds) || (has(self.effect) && self.effect == 'NoExecute')",
+        "tolerationSeconds needs effect NoExecute",
+    ),
+)
+
+
 class Toleration(_Model):
     """A pod toleration, as in the core API."""
 
-    key: str | None = Field(default=None, max_length=316, description="Taint key; empty with Exists matches all.")
+    model_config = ConfigDict(json_schema_extra=_cel(*TOLERATION_RULES))
+
+    key: str | None = Field(
+        default=None,
+        max_length=MAX_QUALIFIED_NAME,
+        pattern=QUALIFIED_NAME_PATTERN,
+        description="Taint key; empty with Exists matches all.",
+    )
     operator: Literal["Exists", "Equal"] = Field(default="Equal", description="Exists or Equal.")
-    value: str | None = Field(default=None, max_length=63, description="Taint value (Equal).")
+    value: str | None = Field(
+        default=None, max_length=63, pattern=LABEL_VALUE_PATTERN, description="Taint value (Equal only)."
+    )
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
         default=None, description="Taint effect to match; empty matches all."
     )
-    toleration_seconds: int | None = Field(default=None, ge=0, description="How long to tolerate NoExecute.")
+    toleration_seconds: int | None = Field(
+        default=None, ge=0, description="How long to tolerate NoExecute (needs effect NoExecute)."
+    )
+
+    @model_validator(mode="after")
+    def _as_the_core_api(self) -> Toleration:
+        if self.value and self.operator == "Exists":
+            raise ValueError(TOLERATION_RULES[0][1])
+        if not self.key and self.operator != "Exists":
+            raise ValueError(TOLERATION_RULES[1][1])
+        if self.toleration_seconds is not None and self.effect != "NoExecute":
+            raise ValueError(TOLERATION_RULES[2][1])
+        return self
 
 
 class TopologySpread(_Model):
@@ -235,6 +480,7 @@ class PodSecurity(_Model):
 # only tests and game days use. The bento's tuning knobs (FRAUDMODEL_WORKERS,
 # FRAUDMODEL_ADAPTIVE_BATCHING, FRAUDMODEL_MAX_INFLIGHT, FRAUDMODEL_TRACING, ...) are free.
 OPERATOR_ENV = (
+    "TMPDIR",
     "FRAUDMODEL_NAME",
     "FRAUDMODEL_VERSION",
     "FRAUDMODEL_TRACK",
@@ -247,8 +493,9 @@ OPERATOR_ENV = (
 FAULT_ENV_PREFIX = "FRAUDMODEL_FAULT_"
 RESERVED_ENV_MESSAGE = (
     "env names the operator sets from the spec (model name, version, track, threshold, "
-    "feature schema, model tag or URI, port) and FRAUDMODEL_FAULT_* are reserved"
+    "feature schema, model tag or URI, port, TMPDIR) and FRAUDMODEL_FAULT_* are reserved"
 )
+UNIQUE_ENV_MESSAGE = "env names must be unique"
 
 
 class ServingSpec(_Model):
@@ -262,12 +509,13 @@ class ServingSpec(_Model):
                 + f"]) && !e.name.startsWith('{FAULT_ENV_PREFIX}'))",
                 RESERVED_ENV_MESSAGE,
             ),
+            ("!has(self.env) || self.env.all(e, self.env.exists_one(x, x.name == e.name))", UNIQUE_ENV_MESSAGE),
         )
     )
 
     port: int = Field(default=3000, ge=1024, le=65535, description="BentoML HTTP port (API, probes, /metrics).")
     replicas: int = Field(
-        default=2, ge=0, le=1000, description="Replicas of the stable track when autoscaling is not set."
+        default=2, ge=1, le=1000, description="Replicas of the stable track when autoscaling is not set."
     )
     autoscaling: Autoscaling | None = Field(default=None, description="Per-track HPA; when set, `replicas` is ignored.")
     resources: ResourceRequirements = Field(default_factory=ResourceRequirements, description="Container resources.")
@@ -277,9 +525,11 @@ class ServingSpec(_Model):
         description="Extra environment variables, e.g. the bento's FRAUDMODEL_WORKERS, FRAUDMODEL_ADAPTIVE_BATCHING "
         "or FRAUDMODEL_TRACING. Those the operator sets from the spec, and FRAUDMODEL_FAULT_*, are reserved.",
     )
-    pod_annotations: dict[str, str] = Field(default_factory=dict, description="Extra pod annotations.")
-    pod_labels: dict[str, str] = Field(default_factory=dict, description="Extra pod labels.")
-    node_selector: dict[str, str] = Field(default_factory=dict, description="Pod node selector.")
+    pod_annotations: Annotations = Field(default_factory=dict, description="Extra pod annotations.")
+    pod_labels: Labels = Field(
+        default_factory=dict, description="Extra pod labels (the operator's own labels take precedence)."
+    )
+    node_selector: Labels = Field(default_factory=dict, description="Pod node selector (label keys and values).")
     tolerations: list[Toleration] = Field(default_factory=list, max_length=32, description="Pod tolerations.")
     topology_spread: list[TopologySpread] = Field(
         default_factory=lambda: list(DEFAULT_TOPOLOGY_SPREAD),
@@ -290,7 +540,10 @@ class ServingSpec(_Model):
         json_schema_extra={"default": [{"topologyKey": t.topology_key} for t in DEFAULT_TOPOLOGY_SPREAD]},
     )
     service_account_name: str | None = Field(
-        default=None, max_length=253, description="ServiceAccount of the pods (default: the namespace's)."
+        default=None,
+        max_length=253,
+        pattern=DNS_SUBDOMAIN_PATTERN,
+        description="ServiceAccount of the pods (default: the namespace's).",
     )
     automount_service_account_token: bool = Field(
         default=False, description="Mount the ServiceAccount token; off unless the model needs the API."
@@ -307,6 +560,10 @@ class ServingSpec(_Model):
         for var in env:
             if var.name in OPERATOR_ENV or var.name.startswith(FAULT_ENV_PREFIX):
                 raise ValueError(f"{var.name}: {RESERVED_ENV_MESSAGE}")
+        names = [var.name for var in env]
+        if len(set(names)) != len(names):
+            twice = sorted({n for n in names if names.count(n) > 1})
+            raise ValueError(f"{UNIQUE_ENV_MESSAGE}: {', '.join(twice)} set more than once")
         return env
 
 
@@ -493,6 +750,27 @@ class BuiltinChecks(_Model):
     )
 
 
+# What a custom query's placeholders stand for when its syntax is checked (analysis.custom_query
+# substitutes the real values; these have the same shape).
+PROMQL_PLACEHOLDERS = {"track": "canary", "name": "fraudmodel", "namespace": "default", "window": "1m"}
+
+
+def promql_problem(template: str) -> str | None:
+    """Why a custom check's query (placeholders substituted) is not valid PromQL, or None.
+
+    The API server cannot parse PromQL, so this runs in the operator only: a FraudModel whose
+    query could never run is Failed (InvalidSpec) before its first rollout, not at its first analysis.
+    """
+    query = template
+    for name, value in PROMQL_PLACEHOLDERS.items():
+        query = query.replace("{{" + name + "}}", value)
+    try:
+        promql_parser.parse(query)
+    except ValueError as exc:
+        return f"query is not valid PromQL: {exc}"
+    return None
+
+
 class CustomCheck(_Model):
     """A PromQL query whose scalar result must stay within [min, max]."""
 
@@ -513,6 +791,14 @@ class CustomCheck(_Model):
     min: float | None = Field(default=None, description="Fail below this value.")
     max: float | None = Field(default=None, description="Fail above this value.")
 
+    @field_validator("query")
+    @classmethod
+    def _promql(cls, query: str) -> str:
+        problem = promql_problem(query)
+        if problem:
+            raise ValueError(problem)
+        return query
+
     @model_validator(mode="after")
     def _bounds(self) -> CustomCheck:
         if self.min is None and self.max is None:
@@ -531,7 +817,9 @@ class PrometheusSpec(_Model):
         max_length=512,
         description="Prometheus base URL.",
     )
-    timeout: Duration = Field(default="5s", description="Timeout of each query.")
+    timeout: Annotated[Duration, duration_between("100ms", "5m")] = Field(
+        default="5s", description="Timeout of each query."
+    )
 
 
 class MetricLabels(_Model):
@@ -546,7 +834,9 @@ class AnalysisSpec(_Model):
     """How each step's canary is judged against the stable."""
 
     prometheus: PrometheusSpec = Field(default_factory=PrometheusSpec, description="Metrics source.")
-    window: Duration = Field(default="1m", description="Range of each query, e.g. `1m`.")
+    window: Annotated[Duration, duration_between("1s", "24h")] = Field(
+        default="1m", description="Range of each query, e.g. `1m`."
+    )
     min_samples: int = Field(
         default=50,
         ge=1,
@@ -572,9 +862,15 @@ class AnalysisSpec(_Model):
 class RollbackSpec(_Model):
     """What happens to the canary after a rollback."""
 
-    scale_down_delay: Duration = Field(
+    scale_down_delay: Annotated[Duration, duration_between("0s", "168h")] = Field(
         default="30s", description="Keep the rolled-back canary running this long (for debugging), then scale to 0."
     )
+
+
+DEADLINE_MESSAGE = (
+    "progressDeadline must be longer than interval: each step waits interval before its first analysis, "
+    "so a shorter deadline always rolls back"
+)
 
 
 class RolloutSpec(_Model):
@@ -593,6 +889,11 @@ class RolloutSpec(_Model):
             (
                 "!has(self.stepWeight) || !has(self.maxWeight) || self.stepWeight <= self.maxWeight",
                 "stepWeight must be <= maxWeight",
+            ),
+            (
+                "!has(self.interval) || !has(self.progressDeadline)"
+                " || duration(self.interval) < duration(self.progressDeadline)",
+                DEADLINE_MESSAGE,
             ),
         )
     )
@@ -620,10 +921,13 @@ class RolloutSpec(_Model):
         description="Last weight before promotion (without `steps`), reached even when not a multiple of stepWeight; "
         "100 means promotion after the previous step.",
     )
-    interval: Duration = Field(default="1m", description="Time at each step before its analysis.")
-    progress_deadline: Duration = Field(
+    interval: Annotated[Duration, duration_between("1s", "24h")] = Field(
+        default="1m", description="Time at each step before its analysis."
+    )
+    progress_deadline: Annotated[Duration, duration_between("1s", "168h")] = Field(
         default="10m",
-        description="Longest a step may wait for ready canary pods or conclusive analysis before rollback.",
+        description="Longest a step may wait for ready canary pods or conclusive analysis before rollback; "
+        "longer than `interval`.",
     )
     paused: bool = Field(default=False, description="Hold the rollout at its current step (GitOps-friendly pause).")
     analysis: AnalysisSpec = Field(default_factory=AnalysisSpec, description="Canary analysis.")
@@ -640,8 +944,10 @@ class RolloutSpec(_Model):
     def _step_le_max(self) -> RolloutSpec:
         if self.step_weight > self.max_weight:
             raise ValueError("stepWeight must be <= maxWeight")
-        for duration in (self.interval, self.progress_deadline, self.analysis.window):
-            parse_duration(duration)
+        if parse_duration(self.interval) >= parse_duration(self.progress_deadline):
+            raise ValueError(
+                f"{DEADLINE_MESSAGE} (interval {self.interval}, progressDeadline {self.progress_deadline})"
+            )
         return self
 
     @property
@@ -835,12 +1141,20 @@ class ObjectMeta(BaseModel):
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 
-    name: str = Field(max_length=MAX_NAME_LENGTH, pattern=r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
+    name: str
     namespace: str = "default"
     uid: str = ""
     generation: int = 0
     annotations: dict[str, str] = Field(default_factory=dict)
     labels: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _names_its_children(cls, name: str) -> str:
+        for _, message, check in NAME_RULES:
+            if not check(name):
+                raise ValueError(message)
+        return name
 
 
 class FraudModel(BaseModel):

@@ -35,6 +35,7 @@ _KEEP = {
     "pattern",
     "minItems",
     "maxItems",
+    "maxProperties",
     "items",
     "properties",
     "required",
@@ -56,7 +57,8 @@ def structural(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
         target = defs[node["$ref"].rsplit("/", 1)[-1]]
         return structural({**target, **extra}, defs) | extra
     if node.get("x-kubernetes-int-or-string"):
-        return {"x-kubernetes-int-or-string": True} | extra
+        rules = {k: node[k] for k in ("x-kubernetes-validations",) if k in node}
+        return {"x-kubernetes-int-or-string": True} | rules | extra
     union = node.get("anyOf") or node.get("oneOf") or node.get("allOf")
     if union:
         options = [o for o in union if not _is_null(o)]
@@ -248,11 +250,7 @@ def crd() -> dict[str, Any]:
                             "released through canary steps judged against the stable version.",
                             "required": ["spec"],
                             "x-kubernetes-validations": [
-                                {
-                                    "rule": f"self.metadata.name.size() <= {api.MAX_NAME_LENGTH}",
-                                    "message": f"metadata.name must be at most {api.MAX_NAME_LENGTH} characters "
-                                    "(child objects append -stable/-canary)",
-                                }
+                                {"rule": rule, "message": message} for rule, message, _ in api.NAME_RULES
                             ],
                             "properties": {
                                 "apiVersion": {"type": "string", "description": "API version."},

@@ -67,8 +67,9 @@ def rules(node: dict[str, Any]) -> list[str]:
     found = [r["rule"] for r in node.get("x-kubernetes-validations", [])]
     for child in node.get("properties", {}).values():
         found += rules(child)
-    if isinstance(node.get("items"), dict):
-        found += rules(node["items"])
+    for key in ("items", "additionalProperties"):
+        if isinstance(node.get(key), dict):
+            found += rules(node[key])
     return found
 
 
@@ -79,8 +80,29 @@ def rules(node: dict[str, Any]) -> list[str]:
         "isSorted()",
         "has(self.replicaRatio) ? 1 : 0",
         "minRatio <= self.maxRatio",
+        "self.metadata.name.matches('^[a-z]",
+        "!self.metadata.name.endsWith('-canary')",
+        "quantity(self).sign() >= 0",
+        "compareTo(quantity(string(self.limits[k]))) <= 0",
+        "self.env.exists_one(x, x.name == e.name)",
+        "self.operator != 'Exists'",
+        "duration(self.interval) < duration(self.progressDeadline)",
+        "duration(self) >= duration('1s')",
     ],
-    ids=["replicas", "steps-ascending", "one-router", "flag-rate-bounds"],
+    ids=[
+        "replicas",
+        "steps-ascending",
+        "one-router",
+        "flag-rate-bounds",
+        "name-dns-1035",
+        "name-not-a-child",
+        "quantity",
+        "requests-le-limits",
+        "env-unique",
+        "toleration-exists",
+        "deadline-after-interval",
+        "duration-bounds",
+    ],
 )
 def test_cel_rules_present(fragment: str) -> None:
     assert any(fragment in rule for rule in rules(schema()))

@@ -1,4 +1,8 @@
-"""Every example parses; every invalid example is rejected naming the field and the rule."""
+"""Every example parses; every invalid example is rejected naming the field and the rule.
+
+The operator checks every rule the API server checks (a FraudModel stored before a rule
+existed is caught too), plus those only it can (`# expect-caught-by: operator`).
+"""
 
 from __future__ import annotations
 
@@ -21,6 +25,8 @@ def expectations(path: Path) -> tuple[str, str]:
     message = re.search(r"^# expect-message: (.+)$", text, re.M)
     assert field, f"{path.name} lacks an expect-field comment"
     assert message, f"{path.name} lacks an expect-message comment"
+    caught_by = re.search(r"^# expect-caught-by: (.+)$", text, re.M)
+    assert caught_by is None or caught_by.group(1).strip() == "operator", "caught by the API server unless `operator`"
     return field.group(1).strip(), message.group(1).strip()
 
 
