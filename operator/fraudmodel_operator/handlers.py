@@ -27,7 +27,7 @@ from lightkube.config.kubeconfig import KubeConfig
 
 from fraudmodel_operator import api
 from fraudmodel_operator.api import FraudModel, parse_duration
-from fraudmodel_operator.kube import KubeClient, Manifest
+from fraudmodel_operator.kube import KubeClient, Manifest, controller_uid
 from fraudmodel_operator.metrics import OperatorMetrics
 from fraudmodel_operator.planner import INSTANCE_LABEL, MANAGED_BY
 from fraudmodel_operator.pods import PodState, summarize
@@ -127,10 +127,13 @@ def _wake_owner(namespace: str | None, labels: Mapping[str, str], memo: Any) -> 
 def _child_index(group: str, version: str, plural: str, kind: str) -> None:
     api_version = f"{group}/{version}" if group else version
 
+    # Labels select what is watched; the controller owner reference decides whose child it is
+    # (an object that merely carries our labels is never adopted, nor deleted).
     @kopf.index(group, version, plural, labels=MANAGED, id=f"{plural}_index")
-    def index(namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any) -> Any:
-        owner = _owner(labels)
-        return {(namespace, owner): _snapshot(kind, api_version, body)} if owner else None
+    def index(namespace: str | None, body: kopf.Body, **_: Any) -> Any:
+        snapshot = _snapshot(kind, api_version, body)
+        owner_uid = controller_uid(snapshot)
+        return {(namespace, owner_uid): snapshot} if owner_uid else None
 
     @kopf.on.event(group, version, plural, labels=MANAGED, id=f"{plural}_wake")
     def wake(namespace: str | None, labels: Mapping[str, str], memo: Any, **_: Any) -> None:
@@ -163,10 +166,11 @@ def live_pods(indexes: Mapping[str, Any], namespace: str, name: str) -> list[Pod
     return list(indexes["pods_index"].get((namespace, name), []))
 
 
-def live_children(indexes: Mapping[str, Any], namespace: str, name: str) -> dict[tuple[str, str], Manifest]:
+def live_children(indexes: Mapping[str, Any], namespace: str, owner_uid: str) -> dict[tuple[str, str], Manifest]:
+    """The children the FraudModel with `owner_uid` controls, by (kind, name)."""
     live: dict[tuple[str, str], Manifest] = {}
     for _, _, plural, _ in CHILD_KINDS:
-        for obj in indexes[f"{plural}_index"].get((namespace, name), []):
+        for obj in indexes[f"{plural}_index"].get((namespace, owner_uid), []):
             live[(obj["kind"], obj["metadata"]["name"])] = obj
     return live
 
@@ -196,7 +200,7 @@ async def fraudmodel_loop(
         while not stopped:
             wakeup.clear()
             try:
-                live = live_children(kwargs, namespace, name)
+                live = live_children(kwargs, namespace, body["metadata"]["uid"])
                 pods = live_pods(kwargs, namespace, name)
                 outcome = await reconcile(runtime.context, body, live, datetime.now(UTC), emit, pods)
                 if outcome.status is not None:

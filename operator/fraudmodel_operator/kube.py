@@ -7,6 +7,8 @@ decide *whether* to write; `KubeWriter` does the writing.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field
 from functools import cache
 from typing import Any, Protocol
@@ -47,8 +49,22 @@ def key(manifest: Manifest) -> tuple[str, str, str]:
     return manifest["apiVersion"], manifest["kind"], manifest["metadata"]["name"]
 
 
+# The hash of the manifest last applied, on every child: a field the operator stops setting
+# (a nodeSelector, a toleration, an annotation removed from the spec) changes the hash, so the
+# next apply sends the manifest without it and server-side apply removes it from the object.
+APPLIED_HASH = f"{api.GROUP}/applied-hash"
+
+
+def applied_hash(manifest: Manifest) -> str:
+    """A short hash of everything in a manifest but the hash itself (key order does not matter)."""
+    meta = dict(manifest.get("metadata") or {})
+    meta["annotations"] = {k: v for k, v in (meta.get("annotations") or {}).items() if k != APPLIED_HASH}
+    raw = json.dumps({**manifest, "metadata": meta}, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(raw.encode()).hexdigest()[:16]
+
+
 def with_owner(manifest: Manifest, owner: api.FraudModel) -> Manifest:
-    """The manifest adopted by its FraudModel (garbage-collected with it)."""
+    """The manifest adopted by its FraudModel (garbage-collected with it), stamped with its `APPLIED_HASH`."""
     meta = dict(manifest["metadata"])
     meta["ownerReferences"] = [
         {
@@ -60,23 +76,66 @@ def with_owner(manifest: Manifest, owner: api.FraudModel) -> Manifest:
             "blockOwnerDeletion": True,
         }
     ]
-    return {**manifest, "metadata": meta}
+    adopted = {**manifest, "metadata": meta}
+    meta["annotations"] = {**(meta.get("annotations") or {}), APPLIED_HASH: applied_hash(adopted)}
+    return adopted
 
 
-def _same(desired: Any, live: Any) -> bool:
+def controller_uid(obj: Manifest) -> str | None:
+    """The uid of the FraudModel controlling `obj`, if one does (its controller owner reference).
+
+    Labels select the children the operator watches; this uid decides whose child an object is.
+    """
+    for ref in (obj.get("metadata") or {}).get("ownerReferences") or []:
+        if (
+            ref.get("controller")
+            and ref.get("kind") == api.KIND
+            and str(ref.get("apiVersion", "")).startswith(f"{api.GROUP}/")
+        ):
+            uid = ref.get("uid")
+            return str(uid) if uid is not None else None
+    return None
+
+
+# Values the API server canonicalises as quantities ("40.0" -> "40", "1000m" -> "1", "0.5" -> "500m")
+# compare by value: container resources, an emptyDir's sizeLimit, an HPA metric's target.
+_QUANTITY_MAPS = frozenset({"requests", "limits"})
+_QUANTITY_FIELDS = {"sizeLimit": "emptyDir", "averageValue": "target", "value": "target"}  # field -> parent
+
+
+def _same_quantity(desired: Any, live: Any) -> bool:
+    try:
+        return api.parse_quantity(desired) == api.parse_quantity(live)
+    except (ValueError, TypeError):
+        return False
+
+
+def _same(desired: Any, live: Any, key: str = "", parent: str = "") -> bool:
     if isinstance(desired, dict):
-        return isinstance(live, dict) and all(_same(v, live.get(k)) for k, v in desired.items())
+        return isinstance(live, dict) and all(_same(v, live.get(k), str(k), key) for k, v in desired.items())
     if isinstance(desired, list):
-        return isinstance(live, list) and len(desired) == len(live) and all(map(_same, desired, live))
+        return (
+            isinstance(live, list)
+            and len(desired) == len(live)
+            and all(_same(d, v, key, parent) for d, v in zip(desired, live, strict=True))
+        )
     if isinstance(desired, bool) or isinstance(live, bool):
         return desired is live
     if isinstance(desired, int | float) and isinstance(live, int | float):
         return float(desired) == float(live)
-    return desired == live or (desired is not None and live is not None and str(desired) == str(live))
+    if desired == live or (desired is not None and live is not None and str(desired) == str(live)):
+        return True
+    quantity = parent in _QUANTITY_MAPS or _QUANTITY_FIELDS.get(key) == parent
+    return quantity and _same_quantity(desired, live)
 
 
 def up_to_date(desired: Manifest, live: Manifest | None) -> bool:
-    """Whether every field we set is already live (the API server adds defaults; those are ignored)."""
+    """Whether the manifest is live as we would apply it.
+
+    Every field we set must be live (the API server adds defaults; those are ignored, and
+    quantities compare by value), including the `APPLIED_HASH` annotation, which tells
+    whether a field we *stopped* setting has been removed by an apply since.
+    """
     if live is None:
         return False
     return _same({k: v for k, v in desired.items() if k not in ("apiVersion", "kind")}, live)

@@ -24,6 +24,9 @@ pytestmark = pytest.mark.cluster
 EXAMPLES = REPO_ROOT / "examples"
 VALID = sorted(p for p in EXAMPLES.glob("*.yaml") if "kind: FraudModel" in p.read_text())
 INVALID = sorted((EXAMPLES / "invalid").glob("*.yaml"))
+# What the API server cannot check (a custom check's PromQL) is caught by the operator.
+OPERATOR_ONLY = [p for p in INVALID if re.search(r"^# expect-caught-by: operator$", p.read_text(), re.M)]
+AT_ADMISSION = [p for p in INVALID if p not in OPERATOR_ONLY]
 
 
 def fraudmodel(name: str, version: str = "v1", **spec: Any) -> str:
@@ -67,13 +70,41 @@ def test_api_server_accepts_each_valid_example(cluster: Cluster, crd: None, path
     assert result.returncode == 0, result.stderr
 
 
-@pytest.mark.parametrize("path", INVALID, ids=[p.stem for p in INVALID])
-def test_api_server_rejects_each_invalid_example(cluster: Cluster, crd: None, path: Path) -> None:
+def expected_message(path: Path) -> str:
     expected = re.search(r"^# expect-message: (.+)$", path.read_text(), re.M)
-    assert expected is not None
+    assert expected is not None, f"{path.name} lacks an expect-message comment"
+    return expected.group(1).strip()
+
+
+@pytest.mark.parametrize("path", AT_ADMISSION, ids=[p.stem for p in AT_ADMISSION])
+def test_api_server_rejects_each_invalid_example(cluster: Cluster, crd: None, path: Path) -> None:
     result = cluster.kubectl("apply", "--dry-run=server", "-f", str(path), check=False)
     assert result.returncode != 0, f"{path.name} was accepted"
-    assert expected.group(1).strip().lower() in result.stderr.lower(), result.stderr
+    assert expected_message(path).lower() in result.stderr.lower(), result.stderr
+
+
+@pytest.mark.parametrize("path", OPERATOR_ONLY, ids=[p.stem for p in OPERATOR_ONLY])
+def test_operator_fails_what_the_api_server_cannot_check(
+    cluster: Cluster, operator: Operator, namespace: str, path: Path
+) -> None:
+    """Accepted by the API server, refused by the operator: Failed, Degraded=InvalidSpec, a Warning Event."""
+    cluster.apply(path.read_text(), namespace)
+    name = yaml.safe_load(path.read_text())["metadata"]["name"]
+    failed = cluster.wait_until(
+        f"{name} to be Failed",
+        lambda: (s := status(cluster, namespace, name)).get("phase") == "Failed" and s,
+        timeout=60,
+        diagnose=operator.tail,
+    )
+    assert expected_message(path) in failed["message"], failed["message"]
+    degraded = {c["type"]: c for c in failed["conditions"]}["Degraded"]
+    assert (degraded["status"], degraded["reason"]) == ("True", "InvalidSpec")
+    events = cluster.get_json("events", "-n", namespace, "--field-selector", f"involvedObject.name={name}")["items"]
+    warnings = [e for e in events if (e["type"], e["reason"]) == ("Warning", "InvalidSpec")]
+    assert warnings, events
+    assert expected_message(path) in warnings[0]["message"]
+    children = cluster.get_json("deployments,services", "-n", namespace)["items"]
+    assert children == [], "nothing is created for a spec the operator refused"
 
 
 # ---------------------------------------------------------------- the operator, for real
@@ -196,3 +227,64 @@ def test_sigkill_mid_rollout_resumes_at_the_same_step(cluster: Cluster, operator
         assert after["canary"][key] == before["canary"][key], key
     assert after["lastAnalysis"]["verdict"] == "Inconclusive", "Prometheus is unreachable: never a pass"
     assert after["stable"]["version"] == "v1"
+
+
+def test_a_field_removed_from_the_spec_leaves_the_deployment(
+    cluster: Cluster, operator: Operator, namespace: str
+) -> None:
+    """Applied as declared: a pod annotation removed from spec.serving is removed from the Deployment."""
+    annotated = {"podAnnotations": {"example.com/owner": "risk"}, "tolerations": [{"operator": "Exists"}]}
+    cluster.apply(fraudmodel("declared", serving=annotated), namespace)
+    wait_ready(cluster, namespace, "declared", operator)
+
+    def template() -> dict[str, Any]:
+        result: dict[str, Any] = cluster.get_json("deployment", "declared-stable", "-n", namespace)["spec"]["template"]
+        return result
+
+    assert template()["metadata"]["annotations"]["example.com/owner"] == "risk"
+    assert template()["spec"]["tolerations"] == [{"operator": "Exists"}]
+    cluster.apply(fraudmodel("declared"), namespace)
+    cluster.wait_until(
+        "the annotation and the toleration to leave the Deployment",
+        lambda: (
+            "example.com/owner" not in template()["metadata"].get("annotations", {})
+            and "tolerations" not in template()["spec"]
+        ),
+        timeout=60,
+        diagnose=operator.tail,
+    )
+
+
+def test_an_object_with_our_labels_but_another_owner_is_left_alone(
+    cluster: Cluster, operator: Operator, namespace: str
+) -> None:
+    """Ownership is the controller owner reference's uid, not labels: a look-alike is neither adopted nor deleted."""
+    cluster.apply(fraudmodel("owner"), namespace)
+    wait_ready(cluster, namespace, "owner", operator)
+    look_alike = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": "owner-debug",
+            "labels": {"app.kubernetes.io/managed-by": "fraudmodel-operator", "serving.riskml.io/fraudmodel": "owner"},
+        },
+        "spec": {"selector": {"serving.riskml.io/fraudmodel": "owner"}, "ports": [{"port": 80}]},
+    }
+    cluster.apply(yaml.safe_dump(look_alike), namespace)
+    uid = cluster.get_json("service", "owner-debug", "-n", namespace)["metadata"]["uid"]
+    # A change of the FraudModel makes the operator apply and prune its children: the look-alike must survive.
+    cluster.apply(fraudmodel("owner", serving={"podAnnotations": {"example.com/touch": "1"}}), namespace)
+    cluster.wait_until(
+        "the operator to apply the change",
+        lambda: (
+            "example.com/touch"
+            in cluster.get_json("deployment", "owner-stable", "-n", namespace)["spec"]["template"]["metadata"].get(
+                "annotations", {}
+            )
+        ),
+        timeout=60,
+        diagnose=operator.tail,
+    )
+    survivor = cluster.get_json("service", "owner-debug", "-n", namespace)["metadata"]
+    assert survivor["uid"] == uid
+    assert "ownerReferences" not in survivor

@@ -1,4 +1,4 @@
-"""Pure helpers of the Kubernetes adapter: merge patches and value comparison."""
+"""Pure helpers of the Kubernetes adapter: merge patches, value comparison, the applied hash, ownership."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ from typing import Any
 
 import pytest
 
-from fraudmodel_operator.kube import merge_patch, up_to_date
+from fraudmodel_operator.kube import APPLIED_HASH, controller_uid, merge_patch, up_to_date, with_owner
+from tests.unit.factories import fraudmodel
 
 
 @pytest.mark.parametrize(
@@ -33,8 +34,89 @@ def test_merge_patch(old: dict[str, Any], new: dict[str, Any], patch: dict[str, 
         ({"spec": {"flag": False}}, {"spec": {"flag": 0}}, False),
         ({"spec": {"l": [{"a": 1}]}}, {"spec": {"l": [{"a": 1, "b": 2}]}}, True),
         ({"spec": {"l": [{"a": 1}]}}, {"spec": {"l": [{"a": 1}, {"a": 2}]}}, False),
+        (
+            {"spec": {"resources": {"limits": {"cpu": "1000m"}}}},
+            {"spec": {"resources": {"limits": {"cpu": "1"}}}},
+            True,
+        ),
+        ({"spec": {"requests": {"cpu": "0.5"}}}, {"spec": {"requests": {"cpu": "500m"}}}, True),
+        ({"spec": {"requests": {"memory": "1024Mi"}}}, {"spec": {"requests": {"memory": "1Gi"}}}, True),
+        ({"spec": {"requests": {"cpu": "1"}}}, {"spec": {"requests": {"cpu": "1001m"}}}, False),
+        ({"spec": {"target": {"averageValue": "40.0"}}}, {"spec": {"target": {"averageValue": "40"}}}, True),
+        ({"spec": {"emptyDir": {"sizeLimit": "1024Mi"}}}, {"spec": {"emptyDir": {"sizeLimit": "1Gi"}}}, True),
+        ({"metadata": {"labels": {"version": "1.0"}}}, {"metadata": {"labels": {"version": "1"}}}, False),
+        (
+            {"spec": {"env": [{"name": "T", "value": "0.5"}]}},
+            {"spec": {"env": [{"name": "T", "value": "500m"}]}},
+            False,
+        ),
     ],
-    ids=["server-added-field", "number-vs-string", "bool-is-not-int", "list-item-defaults", "list-length"],
+    ids=[
+        "server-added-field",
+        "number-vs-string",
+        "bool-is-not-int",
+        "list-item-defaults",
+        "list-length",
+        "canonical-millicores",
+        "canonical-fraction",
+        "canonical-binary",
+        "other-quantity",
+        "hpa-target",
+        "size-limit",
+        "label-is-not-a-quantity",
+        "env-is-not-a-quantity",
+    ],
 )
 def test_up_to_date(desired: dict[str, Any], live: dict[str, Any], same: bool) -> None:
     assert up_to_date({"apiVersion": "v1", "kind": "X", **desired}, live) is same
+
+
+def test_with_owner_adopts_and_stamps_the_hash_of_what_it_applies() -> None:
+    fm = fraudmodel()
+    manifest = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "bot", "namespace": "risk"}, "spec": {}}
+    adopted = with_owner(manifest, fm)
+    assert controller_uid(adopted) == "u1"
+    stamp = adopted["metadata"]["annotations"][APPLIED_HASH]
+    assert with_owner(manifest, fm)["metadata"]["annotations"][APPLIED_HASH] == stamp, "deterministic"
+    assert with_owner(adopted, fm)["metadata"]["annotations"][APPLIED_HASH] == stamp, "the hash excludes itself"
+    changed = with_owner({**manifest, "spec": {"type": "ClusterIP"}}, fm)
+    assert changed["metadata"]["annotations"][APPLIED_HASH] != stamp
+    assert "annotations" not in manifest["metadata"], "the planned manifest is not modified"
+
+
+def test_a_live_object_applied_by_an_older_operator_is_applied_again() -> None:
+    """Children applied before the hash existed have no stamp: one apply brings them in line."""
+    fm = fraudmodel()
+    manifest = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "bot", "namespace": "risk"}, "spec": {}}
+    live = with_owner(manifest, fm)
+    del live["metadata"]["annotations"]
+    assert not up_to_date(with_owner(manifest, fm), live)
+
+
+def ref(uid: str, controller: bool = True, kind: str = "FraudModel") -> dict[str, Any]:
+    return {
+        "apiVersion": "serving.riskml.io/v1alpha1",
+        "kind": kind,
+        "name": "bot",
+        "uid": uid,
+        "controller": controller,
+    }
+
+
+@pytest.mark.parametrize(
+    ("refs", "uid"),
+    [
+        ([ref("u1")], "u1"),
+        ([ref("u2")], "u2"),
+        ([], None),
+        ([ref("u1", controller=False)], None),
+        ([{**ref("u1"), "kind": "ReplicaSet", "apiVersion": "apps/v1"}], None),
+        ([ref("u1", controller=False), ref("u3")], "u3"),
+    ],
+    ids=["ours", "another-fraudmodel", "orphan", "not-controller", "another-kind", "controller-of-two"],
+)
+def test_ownership_is_the_controller_uid_not_labels(refs: list[dict[str, Any]], uid: str | None) -> None:
+    obj = {
+        "metadata": {"name": "bot-stable", "labels": {"serving.riskml.io/fraudmodel": "bot"}, "ownerReferences": refs}
+    }
+    assert controller_uid(obj) == uid

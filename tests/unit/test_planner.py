@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
 from pydantic import ValidationError
 
 from fraudmodel_operator.api import OPERATOR_ENV, FraudModelStatus, TrackStatus, revision_of
+from fraudmodel_operator.kube import up_to_date, with_owner
 from fraudmodel_operator.planner import plan_children, replicas_for_weight
 from tests.unit.factories import canary, fraudmodel, model, track
 
@@ -244,7 +246,7 @@ def test_every_variable_the_operator_sets_is_reserved_and_tuning_knobs_pass_thro
     env = deployment["spec"]["template"]["spec"]["containers"][0]["env"]
     names = [e["name"] for e in env]
     assert {"FRAUDMODEL_MODEL_TAG", "FRAUDMODEL_MODEL_URI"} <= set(names)
-    assert set(names) - {"TMPDIR", "FRAUDMODEL_WORKERS"} <= set(OPERATOR_ENV)
+    assert set(names) - {"FRAUDMODEL_WORKERS"} <= set(OPERATOR_ENV), "every variable the operator sets is reserved"
     assert {"name": "FRAUDMODEL_WORKERS", "value": "2"} in env
 
 
@@ -313,3 +315,61 @@ def test_topology_spread_from_the_spec(
 def test_bad_topology_spread_is_rejected(spread: list[dict[str, Any]]) -> None:
     with pytest.raises(ValidationError):
         fraudmodel(serving={"topologySpread": spread})
+
+
+# ---------------------------------------------------------------- applied as declared
+
+
+def applied(fm: Any) -> dict[tuple[str, str], dict[str, Any]]:
+    """The children as the operator applies them (owned, stamped with the applied hash)."""
+    return {key: with_owner(child, fm) for key, child in by_name(plan_children(fm)).items()}
+
+
+def as_served(manifest: dict[str, Any], replace: dict[str, str] | None = None) -> dict[str, Any]:
+    """What the API server hands back: our manifest with its defaults added and quantities canonicalised."""
+    text = json.dumps(manifest)
+    for ours, canonical in (replace or {}).items():
+        text = text.replace(json.dumps(ours), json.dumps(canonical))
+    served: dict[str, Any] = json.loads(text)
+    served["metadata"] |= {"uid": "child-uid", "resourceVersion": "7", "generation": 1}
+    served.setdefault("status", {})
+    return served
+
+
+@pytest.mark.parametrize(
+    "removed",
+    [
+        {"nodeSelector": {"pool": "fraud"}},
+        {"tolerations": [{"key": "dedicated", "value": "fraud", "effect": "NoSchedule"}]},
+        {"podAnnotations": {"example.com/owner": "risk"}},
+        {"podLabels": {"team": "risk"}},
+        {"serviceAccountName": "fraud-sa"},
+    ],
+    ids=["nodeSelector", "tolerations", "podAnnotations", "podLabels", "serviceAccountName"],
+)
+def test_a_field_removed_from_the_spec_is_applied_again(removed: dict[str, Any]) -> None:
+    """Fields we stop setting never reached the cluster: only the fields we set were compared."""
+    before = applied(fraudmodel(status=STABLE_ONLY, serving=removed))
+    live = {key: as_served(child) for key, child in before.items()}
+    assert all(up_to_date(child, live[key]) for key, child in before.items()), "nothing to do while unchanged"
+    after = applied(fraudmodel(status=STABLE_ONLY))
+    key = ("Deployment", "bot-stable")
+    assert not up_to_date(after[key], live[key]), f"removing {removed} must re-apply the Deployment"
+    assert all(up_to_date(after[k], live[k]) for k in after if k != key), "other children are untouched"
+
+
+def test_quantities_the_api_server_canonicalises_are_not_re_applied() -> None:
+    """`1000m` comes back as `1`, `1024Mi` as `1Gi`, `0.25` as `250m`, `40.0` as `40`: the same values."""
+    fm = fraudmodel(
+        status=STABLE_ONLY,
+        serving={
+            "resources": {"requests": {"cpu": "0.25", "memory": "1024Mi"}, "limits": {"cpu": "1000m", "memory": "2Gi"}},
+            "autoscaling": {"minReplicas": 2, "maxReplicas": 4, "targetRequestsPerSecond": 40},
+        },
+    )
+    canonical = {"0.25": "250m", "1024Mi": "1Gi", "1000m": "1", "40.0": "40"}
+    for key, child in applied(fm).items():
+        assert up_to_date(child, as_served(child, canonical)), key
+    deployment = applied(fm)[("Deployment", "bot-stable")]
+    more_cpu = as_served(deployment, {"1000m": "2"})
+    assert not up_to_date(deployment, more_cpu), "a different quantity is still a change"
