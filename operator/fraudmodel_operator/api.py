@@ -822,12 +822,16 @@ class PrometheusSpec(_Model):
     )
 
 
+# A Prometheus label name: anything else makes every analysis query a syntax error.
+PromLabel = Annotated[str, Field(max_length=128, pattern=r"^[a-zA-Z_][a-zA-Z0-9_]*$")]
+
+
 class MetricLabels(_Model):
     """Prometheus label names that identify a FraudModel's series (set by your scrape config)."""
 
-    track: str = Field(default="track", max_length=128, description="Label holding `stable` or `canary`.")
-    model: str = Field(default="fraudmodel", max_length=128, description="Label holding the FraudModel name.")
-    namespace: str = Field(default="namespace", max_length=128, description="Label holding the namespace.")
+    track: PromLabel = Field(default="track", description="Label holding `stable` or `canary`.")
+    model: PromLabel = Field(default="fraudmodel", description="Label holding the FraudModel name.")
+    namespace: PromLabel = Field(default="namespace", description="Label holding the namespace.")
 
 
 class AnalysisSpec(_Model):

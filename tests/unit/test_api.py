@@ -159,10 +159,24 @@ def test_serving(serving: dict[str, Any], rule: str | None) -> None:
         ({"analysis": {"window": "0s"}}, "spec.rollout.analysis.window: must be a duration between 1s and 24h"),
         ({"analysis": {"prometheus": {"timeout": "0s"}}}, "timeout: must be a duration between 100ms and 5m"),
         ({"onRollback": {"scaleDownDelay": "0s"}}, None),
+        ({"analysis": {"metricLabels": {"model": "app.kubernetes.io/instance"}}}, "should match pattern"),
+        ({"analysis": {"metricLabels": {"model": "instance"}}}, None),
     ],
-    ids=["shortest", "longest", "zero", "1000h", "deadline-equal", "deadline-too-long", "window", "timeout", "delay-0"],
+    ids=[
+        "shortest",
+        "longest",
+        "zero",
+        "1000h",
+        "deadline-equal",
+        "deadline-too-long",
+        "window",
+        "timeout",
+        "delay-0",
+        "metric-label-not-a-prometheus-label",
+        "metric-label",
+    ],
 )
-def test_durations(rollout: dict[str, Any], rule: str | None) -> None:
+def test_rollout(rollout: dict[str, Any], rule: str | None) -> None:
     assert_rule(body(rollout=rollout), "", rule)
 
 
