@@ -163,9 +163,12 @@ def parse_quantity(value: int | str) -> Decimal:
     return -magnitude if sign == "-" else magnitude
 
 
+MAX_QUANTITY_LENGTH = 64  # also bounds the API server's cost estimate of the CEL rules reading quantities
+
+
 def _is_quantity(value: int | str) -> bool:
     try:
-        return parse_quantity(value) >= 0
+        return len(str(value)) <= MAX_QUANTITY_LENGTH and parse_quantity(value) >= 0
     except ValueError:
         return False
 
@@ -173,7 +176,7 @@ def _is_quantity(value: int | str) -> bool:
 QUANTITY_MESSAGE = "must be a non-negative quantity such as 500m, 1.5, 2, 1Gi or 512Mi"
 Quantity = Annotated[
     int | str,
-    Field(json_schema_extra={"x-kubernetes-int-or-string": True}),
+    Field(json_schema_extra={"x-kubernetes-int-or-string": True, "maxLength": MAX_QUANTITY_LENGTH}),
     Rule(
         "type(self) == int ? self >= 0 : isQuantity(self) && quantity(self).sign() >= 0",
         QUANTITY_MESSAGE,
@@ -211,7 +214,7 @@ ANNOTATIONS_MESSAGE = (
     "'-', '_' or '.', starting and ending with a letter or digit)"
 )
 Labels = Annotated[
-    dict[str, str],
+    dict[str, Annotated[str, Field(max_length=63)]],  # bounds the cost of the CEL rule below
     Field(max_length=64),
     Rule(
         f"self.all(k, {_KEY_CEL} && self[k].matches('{LABEL_VALUE_PATTERN}'))",

@@ -57,7 +57,7 @@ def structural(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
         target = defs[node["$ref"].rsplit("/", 1)[-1]]
         return structural({**target, **extra}, defs) | extra
     if node.get("x-kubernetes-int-or-string"):
-        rules = {k: node[k] for k in ("x-kubernetes-validations",) if k in node}
+        rules = {k: node[k] for k in ("maxLength", "x-kubernetes-validations") if k in node}
         return {"x-kubernetes-int-or-string": True} | rules | extra
     union = node.get("anyOf") or node.get("oneOf") or node.get("allOf")
     if union:

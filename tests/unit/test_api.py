@@ -127,7 +127,7 @@ def test_resources(resources: dict[str, Any], rule: str | None) -> None:
         ({"env": [{"name": "A", "value": "1"}, {"name": "A", "value": "2"}]}, "env names must be unique: A"),
         ({"podLabels": {"team": "fraud", "example.com/tier": "1", "empty": ""}}, None),
         ({"podLabels": {"team": "fraud & risk"}}, "label keys must be qualified names"),
-        ({"podLabels": {"team": "x" * 64}}, "label keys must be qualified names"),
+        ({"podLabels": {"team": "x" * 64}}, "at most 63 characters"),
         ({"podLabels": {"-team": "fraud"}}, "label keys must be qualified names"),
         ({"nodeSelector": {"a/b/c": "x"}}, "label keys must be qualified names"),
         ({"podAnnotations": {"example.com/note": "any text at all"}}, None),
