@@ -520,8 +520,11 @@ def test_step_weight_equal_max_weight_100_promotes_instead_of_deadlocking() -> N
 
 @pytest.mark.parametrize(("interval", "due"), [("0s", False), ("1s", True)], ids=["zero", "one-second"])
 def test_analyses_never_hot_loop(interval: str, due: bool) -> None:
-    """interval: 0s made 340 analyses and 342 status patches in 40 s."""
-    fm = running(rollout={**ROLLOUT, "interval": interval}, analyzed_at=at(100))
+    """interval: 0s made 340 analyses and 342 status patches in 40 s. It is refused at admission and by
+    parse_fraudmodel now; the floor stays as defence in depth (model_copy skips validation)."""
+    fm = running(analyzed_at=at(100))
+    rollout = fm.spec.rollout.model_copy(update={"interval": interval})
+    fm = fm.model_copy(update={"spec": fm.spec.model_copy(update={"rollout": rollout})})
     assert analysis_due(fm, at(100.5)) is False
     assert analysis_due(fm, at(101)) is True
 
