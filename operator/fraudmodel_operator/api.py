@@ -178,7 +178,7 @@ Quantity = Annotated[
     int | str,
     Field(json_schema_extra={"x-kubernetes-int-or-string": True, "maxLength": MAX_QUANTITY_LENGTH}),
     Rule(
-        "type(self) == int ? self >= 0 : isQuantity(self) && quantity(self).sign() >= 0",
+        "type(self) == int ? self >= 0 : isQuantity(self) && !quantity(self).isLessThan(quantity('0'))",
         QUANTITY_MESSAGE,
         _is_quantity,
     ),

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import yaml
 from tests.cluster.conftest import REPO_ROOT, Cluster, Operator
+from tests.unit.test_api import RULE_CASES
 
 pytestmark = pytest.mark.cluster
 
@@ -81,6 +82,15 @@ def test_api_server_rejects_each_invalid_example(cluster: Cluster, crd: None, pa
     result = cluster.kubectl("apply", "--dry-run=server", "-f", str(path), check=False)
     assert result.returncode != 0, f"{path.name} was accepted"
     assert expected_message(path).lower() in result.stderr.lower(), result.stderr
+
+
+@pytest.mark.parametrize(("doc", "rule"), [(c[1], c[3]) for c in RULE_CASES], ids=[c[0] for c in RULE_CASES])
+def test_api_server_and_operator_agree_on_every_rule(cluster: Cluster, crd: None, doc: Any, rule: str | None) -> None:
+    """The CEL rules and the operator's checks accept and refuse the same FraudModels (tests/unit/test_api.py)."""
+    manifest = {"apiVersion": "serving.riskml.io/v1alpha1", "kind": "FraudModel", **doc}
+    manifest["metadata"] = {"name": doc["metadata"]["name"], "namespace": "default"}
+    result = cluster.kubectl("apply", "--dry-run=server", "-f", "-", stdin=json.dumps(manifest), check=False)
+    assert (result.returncode == 0) is (rule is None), result.stderr or "accepted"
 
 
 @pytest.mark.parametrize("path", OPERATOR_ONLY, ids=[p.stem for p in OPERATOR_ONLY])
@@ -235,14 +245,15 @@ def test_a_field_removed_from_the_spec_leaves_the_deployment(
     """Applied as declared: a pod annotation removed from spec.serving is removed from the Deployment."""
     annotated = {"podAnnotations": {"example.com/owner": "risk"}, "tolerations": [{"operator": "Exists"}]}
     cluster.apply(fraudmodel("declared", serving=annotated), namespace)
-    wait_ready(cluster, namespace, "declared", operator)
 
     def template() -> dict[str, Any]:
-        result: dict[str, Any] = cluster.get_json("deployment", "declared-stable", "-n", namespace)["spec"]["template"]
+        found = cluster.kubectl("get", "deployment", "declared-stable", "-n", namespace, "-o", "json", check=False)
+        result: dict[str, Any] = json.loads(found.stdout)["spec"]["template"] if found.returncode == 0 else {}
         return result
 
-    assert template()["metadata"]["annotations"]["example.com/owner"] == "risk"
-    assert template()["spec"]["tolerations"] == [{"operator": "Exists"}]
+    applied = cluster.wait_until("the Deployment", template, timeout=60, diagnose=operator.tail)
+    assert applied["metadata"]["annotations"]["example.com/owner"] == "risk"
+    assert applied["spec"]["tolerations"] == [{"operator": "Exists"}]
     cluster.apply(fraudmodel("declared"), namespace)
     cluster.wait_until(
         "the annotation and the toleration to leave the Deployment",
@@ -260,7 +271,12 @@ def test_an_object_with_our_labels_but_another_owner_is_left_alone(
 ) -> None:
     """Ownership is the controller owner reference's uid, not labels: a look-alike is neither adopted nor deleted."""
     cluster.apply(fraudmodel("owner"), namespace)
-    wait_ready(cluster, namespace, "owner", operator)
+    cluster.wait_until(
+        "the FraudModel's Services",
+        lambda: cluster.kubectl("get", "service", "owner-stable", "-n", namespace, check=False).returncode == 0,
+        timeout=60,
+        diagnose=operator.tail,
+    )
     look_alike = {
         "apiVersion": "v1",
         "kind": "Service",

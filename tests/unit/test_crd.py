@@ -82,7 +82,7 @@ def rules(node: dict[str, Any]) -> list[str]:
         "minRatio <= self.maxRatio",
         "self.metadata.name.matches('^[a-z]",
         "!self.metadata.name.endsWith('-canary')",
-        "quantity(self).sign() >= 0",
+        "!quantity(self).isLessThan(quantity('0'))",
         "compareTo(quantity(string(self.limits[k]))) <= 0",
         "self.env.exists_one(x, x.name == e.name)",
         "self.operator != 'Exists'",
