@@ -18,6 +18,11 @@ CLUSTERS_DIR="$FRAUDMODEL_CACHE/clusters"
 # Every binary the tier needs, in build order.
 ALL_BINARIES=(kube-apiserver kube-controller-manager kube-scheduler kubectl etcd
   kwok kwokctl metrics-server helm kubeconform)
+# The real node's binaries (scripts/cluster/build --node, up --real-node); the CNI
+# plugins go to $BIN_DIR/cni, the directory containerd is given.
+NODE_BINARIES=(kubelet kube-proxy containerd containerd-shim-runc-v2 ctr)
+CNI_PLUGINS=(bridge host-local loopback portmap)
+CNI_BIN_DIR="$BIN_DIR/cni"
 
 _t0=$(date +%s)
 elapsed() { echo "$(($(date +%s) - _t0))s"; }
@@ -36,6 +41,8 @@ want_version() {
   metrics-server) echo "$FRAUDMODEL_METRICS_SERVER_VERSION" ;;
   helm) echo "$FRAUDMODEL_HELM_VERSION" ;;
   kubeconform) echo "$FRAUDMODEL_KUBECONFORM_VERSION" ;;
+  kubelet | kube-proxy) echo "$FRAUDMODEL_KUBE_VERSION" ;;
+  containerd | containerd-shim-runc-v2 | ctr) echo "$FRAUDMODEL_CONTAINERD_VERSION" ;;
   *) die "unknown binary $1" ;;
   esac
 }
@@ -47,6 +54,7 @@ probe_version() {
   kubectl) timeout 10 "$path" version --client 2>&1 | head -3 ;;
   helm) timeout 10 "$path" version --short 2>&1 | head -3 ;;
   kubeconform) timeout 10 "$path" -v 2>&1 | head -3 ;;
+  containerd-shim-runc-v2) timeout 10 "$path" -v 2>&1 | head -3 ;;
   *) timeout 10 "$path" --version 2>&1 | head -3 ;;
   esac
 }

@@ -5,9 +5,13 @@ Cluster-agnostic and KUBECONFIG-driven:
 * ``FRAUDMODEL_E2E_KUBECONFIG`` set: use that cluster as it is (e.g. the local control plane of
   ``scripts/cluster/up``, or a kind cluster you created); the images must already be pullable
   there or loaded (``FRAUDMODEL_E2E_SKIP_BUILD=1`` skips building them).
-* otherwise: create a kind cluster from ``kind-config.yaml`` (needs ``docker`` and ``kind``),
+* otherwise, with ``docker`` and ``kind``: create a kind cluster from ``kind-config.yaml``,
   build the operator and bento images, ``kind load`` them, and delete the cluster at the end
-  (``FRAUDMODEL_KEEP_CLUSTER=1`` keeps it).
+  (``FRAUDMODEL_KEEP_CLUSTER=1`` keeps it);
+* otherwise (no container engine, e.g. CI machines without a registry): start the local
+  control plane with a real node, ``scripts/cluster/up --real-node`` (containerd, kubelet,
+  kube-proxy on this host), load the images into its containerd, and
+  ``scripts/cluster/down`` it at the end, checking that nothing was left on the host.
 
 Without a usable cluster the tests are skipped, saying why.
 """
@@ -21,7 +25,18 @@ from pathlib import Path
 
 import pytest
 
-from .e2e_cluster import CLUSTER_NAME, ROOT, Cluster, build_images, run, skip_reason
+from .e2e_cluster import (
+    CLUSTER_NAME,
+    CLUSTER_SCRIPTS,
+    ROOT,
+    Cluster,
+    build_images,
+    load_real_node_images,
+    run,
+    runtime,
+    skip_reason,
+)
+from .host import host_state
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -37,9 +52,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     existing = os.environ.get("FRAUDMODEL_E2E_KUBECONFIG")
     if existing:
-        found = Cluster(Path(existing), created=False)
+        found = Cluster(Path(existing), created=False, routable=bool(os.environ.get("FRAUDMODEL_E2E_ROUTABLE")))
         build_images(os.environ.get("FRAUDMODEL_E2E_KIND_CLUSTER"))
         yield found
+        return
+    if runtime() == "real-node":
+        yield from real_node_cluster()
         return
     kubeconfig = tmp_path_factory.mktemp("kind") / "kubeconfig"
     clusters = run("kind", "get", "clusters").split()
@@ -56,3 +74,29 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     finally:
         if not os.environ.get("FRAUDMODEL_KEEP_CLUSTER"):
             subprocess.run(["kind", "delete", "cluster", "--name", CLUSTER_NAME], capture_output=True, check=False)
+
+
+def real_node_cluster() -> Iterator[Cluster]:
+    """The local control plane with a real node, started for the session and removed after it."""
+    before = host_state()
+    up = subprocess.run(
+        [str(CLUSTER_SCRIPTS / "up"), "--real-node", "--name", CLUSTER_NAME],
+        stdout=subprocess.PIPE,
+        text=True,
+        timeout=3600,  # a cold build of the node's binaries is part of it
+        check=False,
+    )
+    if up.returncode != 0:
+        pytest.fail(f"scripts/cluster/up --real-node failed ({up.returncode}); its messages are above")
+    kubeconfig = Path(up.stdout.strip().splitlines()[-1])
+    try:
+        load_real_node_images()
+        yield Cluster(kubeconfig, created=True, routable=True)
+    finally:
+        if not os.environ.get("FRAUDMODEL_KEEP_CLUSTER"):
+            down = subprocess.run(
+                [str(CLUSTER_SCRIPTS / "down"), "--name", CLUSTER_NAME], capture_output=True, text=True, check=False
+            )
+            assert down.returncode == 0, f"scripts/cluster/down failed:\n{down.stderr}"
+            left = host_state().difference(before)
+            assert left.empty, f"the real node left this behind on the host: {left}"

@@ -15,11 +15,21 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "fraudmodel-operator"
 CLUSTER_NAME = os.environ.get("FRAUDMODEL_E2E_CLUSTER_NAME", "fraudmodel-e2e")
-OPERATOR_IMAGE = os.environ.get("FRAUDMODEL_E2E_OPERATOR_IMAGE", "fraudmodel-operator:dev")
-BENTO_REPOSITORY = os.environ.get("FRAUDMODEL_E2E_BENTO_REPOSITORY", "fraud-detector")
+# The images scripts/images builds for the local real node (no registry) are named
+# localhost/fraudmodel/...; kind gets images built with docker under the plain names.
+_LOCAL = not os.environ.get("FRAUDMODEL_E2E_KUBECONFIG") and shutil.which("kind") is None
+OPERATOR_IMAGE = os.environ.get(
+    "FRAUDMODEL_E2E_OPERATOR_IMAGE", "localhost/fraudmodel/operator:dev" if _LOCAL else "fraudmodel-operator:dev"
+)
+BENTO_REPOSITORY = os.environ.get(
+    "FRAUDMODEL_E2E_BENTO_REPOSITORY", "localhost/fraudmodel/fraud-detector" if _LOCAL else "fraud-detector"
+)
 BENTO_DIR = ROOT / "bentos" / "fraud_detector"
-# The three versions the suite rolls out: a good v1, a regressed v2, a good v3.
-VERSIONS: dict[str, str | None] = {"v1": None, "v2-bad": "miscalibrated", "v3": None}
+# The three versions the suite rolls out (the models scripts/dataplane.py trains): a good v1,
+# a regressed v2-miscalibrated, a good v2.
+GOOD, REGRESSED, NEXT = "v1", "v2-miscalibrated", "v2"
+VERSIONS: dict[str, str | None] = {GOOD: None, REGRESSED: "miscalibrated", NEXT: None}
+IMAGES_SCRIPTS = ROOT / "scripts" / "images"
 
 
 def run(*args: str, timeout: float = 600, env: dict[str, str] | None = None, cwd: Path = ROOT) -> str:
@@ -55,11 +65,39 @@ def tool(name: str) -> str | None:
     return str(cached[0]) if cached else None
 
 
+CLUSTER_SCRIPTS = ROOT / "scripts" / "cluster"
+
+
+def real_node_missing() -> str | None:
+    """Why ``scripts/cluster/up --real-node`` cannot run here, or None (binaries it builds itself)."""
+    result = subprocess.run(
+        [str(CLUSTER_SCRIPTS / "node"), "check"], capture_output=True, text=True, timeout=60, check=False
+    )
+    missing = [
+        line.removeprefix("  - ")
+        for line in result.stderr.splitlines()
+        if line.startswith("  - ") and "scripts/cluster/build --node" not in line
+    ]
+    return "; ".join(missing) or None
+
+
+def runtime() -> str:
+    """Where the suite runs: an existing cluster, kind, or the local control plane with a real node."""
+    if os.environ.get("FRAUDMODEL_E2E_KUBECONFIG"):
+        return "existing"
+    if engine_and_kind() is None:
+        return "kind"
+    return "real-node"
+
+
 def skip_reason() -> str | None:
-    if not os.environ.get("FRAUDMODEL_E2E_KUBECONFIG"):
-        missing = engine_and_kind()
-        if missing:
-            return f"e2e needs a kind cluster: {missing} (or set FRAUDMODEL_E2E_KUBECONFIG to an existing cluster)"
+    if runtime() == "real-node":
+        kind = engine_and_kind()
+        node = real_node_missing()
+        if node:
+            return f"e2e needs a cluster: {kind}, and a real node cannot start here: {node}"
+        if not (IMAGES_SCRIPTS / "load").exists():
+            return "e2e on the real node needs scripts/images (the pause, operator and bento images)"
     for name in ("kubectl", "helm"):
         if tool(name) is None:
             return f"e2e needs {name}: not on PATH, not in ${name.upper()}, not built by scripts/cluster/build"
@@ -70,6 +108,8 @@ def skip_reason() -> str | None:
 class Cluster:
     kubeconfig: Path
     created: bool
+    #: The host routes to Service ClusterIPs and pod IPs (the local real node's kube-proxy and bridge).
+    routable: bool = False
 
     @property
     def env(self) -> dict[str, str]:
@@ -84,6 +124,10 @@ class Cluster:
     def get(self, *args: str) -> dict[str, Any]:
         result: dict[str, Any] = json.loads(self.kubectl("get", *args, "-o", "json"))
         return result
+
+    def service_ip(self, namespace: str, name: str) -> str:
+        ip: str = self.get("service", name, "-n", namespace)["spec"]["clusterIP"]
+        return ip
 
     def wait_for(self, what: str, check: Callable[[], Any], timeout: float = 600, interval: float = 5) -> Any:
         deadline = time.monotonic() + timeout
@@ -119,3 +163,18 @@ def build_images(kind_cluster: str | None) -> None:
     if kind_cluster:
         for image in images:
             run("kind", "load", "docker-image", image, "--name", kind_cluster, timeout=900)
+
+
+def node_env() -> dict[str, str]:
+    """FRAUDMODEL_CONTAINERD_ADDRESS, FRAUDMODEL_CTR, FRAUDMODEL_PAUSE_IMAGE of the local real node."""
+    out = run(str(CLUSTER_SCRIPTS / "node"), "env")
+    pairs = (line.removeprefix("export ").split("=", 1) for line in out.splitlines() if line.startswith("export "))
+    return {key: value.strip("'\"") for key, value in pairs}
+
+
+def load_real_node_images() -> None:
+    """Build (cached) and load the pause, operator and bento images into the real node's containerd."""
+    names = ["pause"] if os.environ.get("FRAUDMODEL_E2E_SKIP_BUILD") else ["pause", "operator", "fraud-detector"]
+    if not os.environ.get("FRAUDMODEL_E2E_SKIP_BUILD"):
+        run(str(IMAGES_SCRIPTS / "build"), *names, timeout=7200)
+    run(str(IMAGES_SCRIPTS / "load"), *names, env={**os.environ, **node_env()}, timeout=3600)

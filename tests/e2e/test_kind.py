@@ -1,8 +1,11 @@
 """End to end on a real cluster: install the chart, serve a model, roll back a regression, promote a fix.
 
 The steps run in order and share one FraudModel; each asserts what a user would see with
-kubectl: status, conditions and Events. See conftest.py for the cluster (kind, or any
-cluster through FRAUDMODEL_E2E_KUBECONFIG) and the images.
+kubectl: status, conditions and Events. See conftest.py for the cluster (kind, the local
+control plane with a real node, or any cluster through FRAUDMODEL_E2E_KUBECONFIG) and the images.
+On the real node Prometheus runs on the host with the same scrape jobs (host_prometheus.py) and
+requests go to the Service's ClusterIP through kube-proxy; elsewhere Prometheus runs in-cluster
+and requests go through ``kubectl port-forward``.
 """
 
 from __future__ import annotations
@@ -21,7 +24,19 @@ from typing import Any
 import pytest
 import yaml
 
-from .e2e_cluster import BENTO_DIR, BENTO_REPOSITORY, CHART, OPERATOR_IMAGE, ROOT, Cluster, tool
+from .e2e_cluster import (
+    BENTO_DIR,
+    BENTO_REPOSITORY,
+    CHART,
+    GOOD,
+    NEXT,
+    OPERATOR_IMAGE,
+    REGRESSED,
+    ROOT,
+    Cluster,
+    tool,
+)
+from .host_prometheus import HostPrometheus
 
 pytestmark = pytest.mark.e2e
 
@@ -29,14 +44,14 @@ NAMESPACE = "fraud-e2e"
 RELEASE = "fraudmodel-operator"
 OPERATOR_NAMESPACE = "fraudmodel-system"
 NAME = "fraud-detector"
-PROMETHEUS = "http://prometheus.monitoring.svc:9090"
+IN_CLUSTER_PROMETHEUS = "http://prometheus.monitoring.svc:9090"
 # Where the bento answers (BentoML's port and the service's endpoint); overridable.
 SERVICE_PORT = int(os.environ.get("FRAUDMODEL_E2E_SERVICE_PORT", "3000"))
 ENDPOINT = os.environ.get("FRAUDMODEL_E2E_ENDPOINT", "/predict")
 MANIFESTS = Path(__file__).parent / "manifests"
 
 
-def fraudmodel(version: str) -> dict[str, Any]:
+def fraudmodel(version: str, prometheus: str) -> dict[str, Any]:
     """The example FraudModel, fast enough for a test: 3 short steps, small sample floor."""
     doc: dict[str, Any] = yaml.safe_load((ROOT / "examples" / "minimal.yaml").read_text())
     doc["metadata"] = {"name": NAME, "namespace": NAMESPACE}
@@ -46,7 +61,7 @@ def fraudmodel(version: str) -> dict[str, Any]:
         "interval": "30s",
         "progressDeadline": "5m",
         "analysis": {
-            "prometheus": {"address": PROMETHEUS},
+            "prometheus": {"address": prometheus},
             "window": "30s",
             "minSamples": 20,
             "failureLimit": 1,
@@ -117,6 +132,16 @@ def payloads(count: int) -> list[dict[str, Any]]:
     return result
 
 
+@contextlib.contextmanager
+def service_url(cluster: Cluster) -> Iterator[str]:
+    """The FraudModel's shared Service: its ClusterIP where the host routes there, else a port-forward."""
+    if cluster.routable:
+        yield f"http://{cluster.service_ip(NAMESPACE, NAME)}:{SERVICE_PORT}"
+    else:
+        with port_forward(cluster) as base:
+            yield base
+
+
 class Traffic:
     """Sends requests through the FraudModel's Service in a background thread while steps wait."""
 
@@ -132,7 +157,7 @@ class Traffic:
         bodies = payloads(500)
         while not self._stop.is_set():
             try:
-                with port_forward(self._cluster) as base:
+                with service_url(self._cluster) as base:
                     for body in bodies * 100:
                         if self._stop.is_set():
                             return
@@ -157,9 +182,23 @@ class Traffic:
 
 
 @pytest.fixture(scope="module")
-def installed(cluster: Cluster) -> Iterator[Cluster]:
+def prometheus(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Prometheus' address as the operator's pods reach it."""
+    if cluster.routable:
+        host = HostPrometheus(tmp_path_factory.mktemp("prometheus"), cluster.kubeconfig)
+        host.start()
+        try:
+            yield host.url
+        finally:
+            host.stop()
+        return
     cluster.kubectl("apply", "-f", str(MANIFESTS / "prometheus.yaml"))
     cluster.kubectl("-n", "monitoring", "rollout", "status", "deployment/prometheus", "--timeout=5m", timeout=330)
+    yield IN_CLUSTER_PROMETHEUS
+
+
+@pytest.fixture(scope="module")
+def installed(cluster: Cluster, prometheus: str) -> Iterator[Cluster]:
     repository, _, tag = OPERATOR_IMAGE.rpartition(":")
     cluster.helm(
         "upgrade", "--install", RELEASE, str(CHART), "--namespace", OPERATOR_NAMESPACE, "--create-namespace",
@@ -169,6 +208,8 @@ def installed(cluster: Cluster) -> Iterator[Cluster]:
     )  # fmt: skip
     with contextlib.suppress(AssertionError):
         cluster.kubectl("create", "namespace", NAMESPACE)
+    # What a security-minded user runs: the namespace enforces Pod Security "restricted".
+    cluster.kubectl("label", "--overwrite", "namespace", NAMESPACE, "pod-security.kubernetes.io/enforce=restricted")
     yield cluster
     if not os.environ.get("FRAUDMODEL_KEEP_CLUSTER"):
         with contextlib.suppress(AssertionError):
@@ -186,20 +227,29 @@ def test_operator_is_installed(installed: Cluster) -> None:
     installed.get("crd", "fraudmodels.serving.riskml.io")
 
 
-def test_example_becomes_ready(installed: Cluster) -> None:
-    apply(installed, fraudmodel("v1"))
+def test_example_becomes_ready(installed: Cluster, prometheus: str) -> None:
+    apply(installed, fraudmodel(GOOD, prometheus))
     installed.kubectl(
         "wait", "-n", NAMESPACE, f"fraudmodel/{NAME}", "--for=condition=Ready", "--timeout=10m", timeout=630
     )
     st = status(installed)
     assert st["phase"] == "Ready"
-    assert st["stable"]["version"] == "v1"
+    assert st["stable"]["version"] == GOOD
     assert st["observedGeneration"] >= 1
+    pods = installed.get("pods", "-n", NAMESPACE, "-l", f"app.kubernetes.io/instance={NAME}")["items"]
+    assert pods, "the stable track has pods"
+    for pod in pods:
+        assert pod["status"]["phase"] == "Running"
+        assert all(c["ready"] for c in pod["status"]["containerStatuses"]), pod["status"]
+        security = pod["spec"]["securityContext"]
+        assert security["runAsNonRoot"] is True
+        assert isinstance(security["runAsUser"], int)
+        assert security["seccompProfile"] == {"type": "RuntimeDefault"}
 
 
-def test_regressed_version_rolls_back_with_reason(installed: Cluster) -> None:
+def test_regressed_version_rolls_back_with_reason(installed: Cluster, prometheus: str) -> None:
     with Traffic(installed) as traffic:
-        apply(installed, fraudmodel("v2-bad"))
+        apply(installed, fraudmodel(REGRESSED, prometheus))
         st = installed.wait_for(
             "the regressed canary to roll back",
             lambda: (s := status(installed)).get("phase") == "RolledBack" and s,
@@ -211,23 +261,23 @@ def test_regressed_version_rolls_back_with_reason(installed: Cluster) -> None:
     degraded = condition(st, "Degraded")
     assert degraded["status"] == "True"
     assert degraded["reason"], "the rollback names its reason"
-    assert st["stable"]["version"] == "v1", "stable keeps serving the good version"
+    assert st["stable"]["version"] == GOOD, "stable keeps serving the good version"
     assert st["history"][0]["outcome"] == "RolledBack"
     warnings = [e for e in events(installed) if e["type"] == "Warning"]
     assert any(degraded["reason"] in (e.get("reason", "") + e.get("message", "")) for e in warnings), warnings
 
 
-def test_good_version_is_promoted(installed: Cluster) -> None:
+def test_good_version_is_promoted(installed: Cluster, prometheus: str) -> None:
     with Traffic(installed):
-        apply(installed, fraudmodel("v3"))
+        apply(installed, fraudmodel(NEXT, prometheus))
         st = installed.wait_for(
-            "v3 to be promoted",
-            lambda: (s := status(installed)).get("phase") == "Ready" and s["stable"].get("version") == "v3" and s,
+            f"{NEXT} to be promoted",
+            lambda: (s := status(installed)).get("phase") == "Ready" and s["stable"].get("version") == NEXT and s,
             timeout=900,
         )
     assert condition(st, "Ready")["status"] == "True"
     assert condition(st, "Degraded").get("status") != "True"
-    assert st["history"][0] == {**st["history"][0], "version": "v3", "outcome": "Promoted"}
+    assert st["history"][0] == {**st["history"][0], "version": NEXT, "outcome": "Promoted"}
     assert any(e.get("reason") for e in events(installed) if e["type"] == "Normal")
 
 
