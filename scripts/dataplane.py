@@ -89,7 +89,13 @@ class Bento:
     def train(self, versions: list[str]) -> None:
         """Train the versions missing from the store (well under a minute each on a CPU)."""
         for version in versions:
-            if not (self.home / "models" / "fraud_detector" / version).exists():
+            stored = self.home / "models" / "fraud_detector" / version
+            if (stored / "model.yaml").exists() and "release:" not in (stored / "model.yaml").read_text():
+                raise RuntimeError(
+                    f"{stored} was trained before the release gate and will not be served; "
+                    "versions are immutable: delete it (or the whole store) and run again"
+                )
+            if not stored.exists():
                 cmd = [self.python, "-m", "fraud_detector.train", "--version", version, *MODELS[version]]
                 subprocess.run(cmd, cwd=BENTO, env=self.env(), check=True)
 
@@ -129,7 +135,10 @@ class Servers:
         home.mkdir(parents=True)
         (home / "models").symlink_to(self.bento.home / "models")
         environment = self.bento.env(
-            **env,
+            # Both tracks at one threshold, as a FraudModel that sets spec.model.threshold: the
+            # tiers compare versions at the same decision boundary (unset, each version would use
+            # the threshold chosen at its training; env may still override it).
+            **{"FRAUDMODEL_THRESHOLD": "0.5", **env},
             BENTOML_HOME=str(home),
             FRAUDMODEL_NAME=name,
             FRAUDMODEL_VERSION=version,

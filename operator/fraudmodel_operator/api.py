@@ -263,20 +263,26 @@ class ModelSpec(_Model):
     uri: str | None = Field(
         default=None,
         max_length=1024,
-        description="Optional model artifact URI (e.g. `s3://models/bot/v7`), passed to "
-        "the container as FRAUDMODEL_MODEL_URI.",
+        description="Optional exported BentoML model to serve (`bentoml models export`: a `.bentomodel` "
+        "archive, `.tar.gz`, `.zip` or folder), as a `file://` URL or path inside the container, or a "
+        "remote store the image can read (`s3://bucket/models/bot-v7.bentomodel` with s3fs and AWS "
+        "credentials, `gs://` with gcsfs, `https://`). Passed as FRAUDMODEL_MODEL_URI; it wins over "
+        "`tag`, which the archive must then hold. The pod is Ready only if the loaded model's version is "
+        "`version`, its feature schema `featureSchemaVersion`, and it passed its release gate.",
     )
     tag: str | None = Field(
         default=None,
         max_length=256,
-        description="Optional BentoML model tag to load (`name:version`), passed as "
-        "FRAUDMODEL_MODEL_TAG; defaults to the image's embedded model.",
+        description="Optional BentoML model tag (`name:version`) in the image's model store, passed as "
+        "FRAUDMODEL_MODEL_TAG; without `uri` or `tag`, the model the image's bento was built with. "
+        "Never `latest` by default.",
     )
-    threshold: float = Field(
-        default=0.5,
+    threshold: float | None = Field(
+        default=None,
         gt=0.0,
         lt=1.0,
-        description="Decision threshold: scores at or above it are flagged.",
+        description="Decision threshold: scores at or above it are flagged. Unset: the threshold chosen "
+        "at training and stored in the model (cost-based or fixed false-positive rate; see its model card).",
     )
     feature_schema_version: str = Field(
         default="v1",

@@ -124,11 +124,12 @@ def _env(fm: FraudModel, plan: TrackPlan) -> list[dict[str, str]]:
         {"name": "FRAUDMODEL_NAME", "value": model.name},
         {"name": "FRAUDMODEL_VERSION", "value": model.version},
         {"name": "FRAUDMODEL_TRACK", "value": plan.track},
-        {"name": "FRAUDMODEL_THRESHOLD", "value": repr(model.threshold)},
         {"name": "FRAUDMODEL_FEATURE_SCHEMA", "value": model.feature_schema_version},
         {"name": "BENTOML_PORT", "value": str(fm.spec.serving.port)},
         {"name": "TMPDIR", "value": "/tmp"},
     ]
+    if model.threshold is not None:  # else the model's own, chosen at training
+        env.append({"name": "FRAUDMODEL_THRESHOLD", "value": repr(model.threshold)})
     if model.tag:
         env.append({"name": "FRAUDMODEL_MODEL_TAG", "value": model.tag})
     if model.uri:

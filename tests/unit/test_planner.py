@@ -119,7 +119,8 @@ def test_pods_are_hardened_probed_and_scraped() -> None:
     assert annotations["prometheus.io/scrape"] == "true"
     assert annotations["prometheus.io/port"] == "3000"
     env = {e["name"]: e["value"] for e in container["env"]}
-    assert (env["FRAUDMODEL_TRACK"], env["FRAUDMODEL_VERSION"], env["FRAUDMODEL_THRESHOLD"]) == ("stable", "v1", "0.5")
+    assert (env["FRAUDMODEL_TRACK"], env["FRAUDMODEL_VERSION"]) == ("stable", "v1")
+    assert "FRAUDMODEL_THRESHOLD" not in env  # unset in the spec: the model's own threshold
 
 
 def test_pod_ids_follow_the_fraudmodel() -> None:
@@ -373,3 +374,11 @@ def test_quantities_the_api_server_canonicalises_are_not_re_applied() -> None:
     deployment = applied(fm)[("Deployment", "bot-stable")]
     more_cpu = as_served(deployment, {"1000m": "2"})
     assert not up_to_date(deployment, more_cpu), "a different quantity is still a change"
+
+
+def test_threshold_is_passed_only_when_the_fraudmodel_sets_one() -> None:
+    fm = fraudmodel("v1")
+    pinned = fm.model_copy(update={"spec": fm.spec.model_copy(update={"model": model("v1", threshold=0.7)})})
+    deployment = by_name(plan_children(pinned, 0))[("Deployment", "bot-stable")]
+    env = {e["name"]: e["value"] for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["FRAUDMODEL_THRESHOLD"] == "0.7"

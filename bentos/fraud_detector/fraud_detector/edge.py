@@ -19,7 +19,11 @@ It does three things BentoML alone does not:
    With adaptive batching on, requests are forwarded to the batchable
    ``/predict_batch`` API instead, single ones as batches of one, so all share
    BentoML's batching queue; the answer is unwrapped.
-3. **Deliberate overload.** Requests beyond ``max_inflight`` per worker, and
+3. **Readiness with a reason.** While the service will not serve its model
+   (not the declared one, or one that failed its release gate: see
+   :mod:`fraud_detector.loading`), ``/readyz`` and the predict routes answer 503
+   with ``{"ready": "false", "reason": ..., "message": ...}``.
+4. **Deliberate overload.** Requests beyond ``max_inflight`` per worker, and
    requests that waited in the event loop longer than ``max_queue_ms`` before
    their turn, are shed at once (admitted requests keep a bounded latency);
    and, when adaptive
@@ -41,6 +45,7 @@ from typing import Any
 from pydantic import TypeAdapter, ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .loading import NotServable
 from .metrics import ServiceMetrics
 from .schema import Prediction, Transaction
 from .settings import Settings
@@ -48,6 +53,7 @@ from .settings import Settings
 __all__ = [
     "PREDICT",
     "PREDICT_BATCH",
+    "READYZ",
     "EdgeMiddleware",
     "Rejection",
     "Scorer",
@@ -57,6 +63,7 @@ __all__ = [
 
 PREDICT = "/predict"
 PREDICT_BATCH = "/predict_batch"
+READYZ = "/readyz"
 _ONE = TypeAdapter(Transaction)
 _ONE_OUT = TypeAdapter(Prediction)
 _MANY_OUT = TypeAdapter(list[Prediction])
@@ -211,11 +218,13 @@ class EdgeMiddleware:
         settings: Settings,
         metrics: Callable[[], ServiceMetrics],
         scorer: Callable[[], Scorer | None],
+        problem: Callable[[], NotServable | None] = lambda: None,
     ) -> None:
         self.app = app
         self.settings = settings
         self.metrics = metrics
         self.scorer = scorer
+        self.problem = problem
         self.inflight = 0
         self.max_queue_s = settings.max_queue_ms / 1000.0
         self._shed_body = json.dumps(
@@ -230,6 +239,13 @@ class EdgeMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
+        if scope["type"] == "http" and path in (READYZ, PREDICT, PREDICT_BATCH):
+            problem = self.problem()
+            if problem is not None:
+                # Not the declared model, or not a releasable one: not ready, and
+                # saying why (BentoML's own /readyz would only say "not ready").
+                await _respond(send, 503, json.dumps(problem.as_dict()).encode())
+                return
         if scope["type"] != "http" or scope.get("method") != "POST" or path not in (PREDICT, PREDICT_BATCH):
             await self.app(scope, receive, send)
             return

@@ -13,7 +13,15 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["REJECT_REASONS", "ServiceMetrics", "score_buckets", "service_metrics"]
+__all__ = [
+    "FEATURE_BUCKETS",
+    "MONITORED_FEATURES",
+    "REJECT_REASONS",
+    "ServiceMetrics",
+    "cumulative_shares",
+    "score_buckets",
+    "service_metrics",
+]
 
 # Score histogram edges: log-spaced from 1e-5 to 1, five per decade. A fraud model's
 # scores pile up far below its threshold (99% of them under 0.05 at a 1% flag rate),
@@ -23,6 +31,14 @@ SCORE_DECADES = 5
 SCORE_STEPS_PER_DECADE = 5
 # Resolution inside the flagged region, where log edges thin out (0.63 -> 1).
 HIGH_SCORE_EDGES = (0.9, 0.99)
+
+# The features watched for drift after promotion: a small fixed set that moves when the
+# population does (bigger baskets, younger accounts, more travel, shared IPs). Each is
+# published live (fraud_model_feature) and as the training reference
+# (fraud_model_reference_feature_bucket), on the same buckets.
+MONITORED_FEATURES = ("amount", "account_age_days", "distance_from_home_km", "ip_accounts_24h")
+# 1-2-5 steps from 1 to 50,000 (the features are non-negative and heavy-tailed), and 0.
+FEATURE_BUCKETS: tuple[float, ...] = (0.0, *(m * 10**e for e in range(5) for m in (1, 2, 5)))
 
 REJECT_REASONS = (
     "missing_field",
@@ -44,6 +60,9 @@ class _Families:
     rejected: Any
     predictions: Any
     shed: Any
+    feature: Any
+    reference_score: Any
+    reference_feature: Any
 
 
 def score_buckets(threshold: float) -> tuple[float, ...]:
@@ -93,7 +112,43 @@ def _families(buckets: tuple[float, ...]) -> _Families:
             "Requests shed with 503 + Retry-After because the service was overloaded (not model errors).",
             labels,
         ),
+        feature=prom.Histogram(
+            "fraud_model_feature",
+            "Values of the monitored input features of scored transactions, by feature.",
+            [*labels, "feature"],
+            buckets=FEATURE_BUCKETS,
+        ),
+        # Gauges, the same in every worker: "max" exports one series without a pid label.
+        reference_score=prom.Gauge(
+            "fraud_model_reference_score_bucket",
+            "Share of the model's reference scores (its test split at training) at or below le, "
+            "on the buckets of fraud_model_score: the distribution live scores are compared with.",
+            [*labels, "le"],
+            multiprocess_mode="max",
+        ),
+        reference_feature=prom.Gauge(
+            "fraud_model_reference_feature_bucket",
+            "Share of the model's reference rows (its test split) with the feature at or below le, "
+            "on the buckets of fraud_model_feature.",
+            [*labels, "feature", "le"],
+            multiprocess_mode="max",
+        ),
     )
+
+
+def _le(bound: float) -> str:
+    """An `le` label as prometheus_client writes a histogram's."""
+    return "+Inf" if bound == float("inf") else repr(float(bound))
+
+
+def cumulative_shares(values: Iterable[float], buckets: tuple[float, ...]) -> list[float]:
+    """Share of ``values`` at or below each bucket bound, and 1.0 for +Inf (like a histogram)."""
+    import numpy as np
+
+    v = np.sort(np.asarray(list(values), dtype=np.float64))
+    if v.size == 0:
+        return [0.0] * (len(buckets) + 1)
+    return [float(np.searchsorted(v, b, side="right")) / v.size for b in buckets] + [1.0]
 
 
 class ServiceMetrics:
@@ -101,7 +156,10 @@ class ServiceMetrics:
     every series exists (at zero) from the first scrape."""
 
     def __init__(self, version: str, track: str, threshold: float = 0.5) -> None:
-        f = _families(score_buckets(threshold))
+        self.buckets = score_buckets(threshold)
+        f = self._families = _families(self.buckets)
+        self.labels = (version, track)
+        self._features = [f.feature.labels(version, track, name) for name in MONITORED_FEATURES]
         self.score = f.score.labels(version, track)
         self.flag = f.decisions.labels(version, track, "flag")
         self.allow = f.decisions.labels(version, track, "allow")
@@ -120,6 +178,26 @@ class ServiceMetrics:
         if n - flagged:
             self.allow.inc(n - flagged)
         self.predictions.inc(n)
+
+    def observe_features(self, columns: Iterable[Iterable[float]]) -> None:
+        """Values of MONITORED_FEATURES, one iterable per feature in that order."""
+        for child, values in zip(self._features, columns, strict=True):
+            for v in values:
+                child.observe(v)
+
+    def publish_reference(self, scores: Iterable[float], features: dict[str, Iterable[float]]) -> None:
+        """Set the reference distributions (from the model's saved reference sample)."""
+        f = self._families
+        bounds = (*self.buckets, float("inf"))
+        for bound, share in zip(bounds, cumulative_shares(scores, self.buckets), strict=True):
+            f.reference_score.labels(*self.labels, _le(bound)).set(share)
+        feature_bounds = (*FEATURE_BUCKETS, float("inf"))
+        for name in MONITORED_FEATURES:
+            if name not in features:
+                continue
+            shares = cumulative_shares(features[name], FEATURE_BUCKETS)
+            for bound, share in zip(feature_bounds, shares, strict=True):
+                f.reference_feature.labels(*self.labels, name, _le(bound)).set(share)
 
     def rejected(self, reason: str) -> None:
         self._rejected[reason].inc()

@@ -25,6 +25,8 @@ __all__ = ["FraudNet", "ModelConfig", "load", "save"]
 
 WEIGHTS_FILE = "model.pt"
 CONFIG_FILE = "config.json"
+# The model's reference sample (test-split scores and monitored features), published by the service.
+REFERENCE_FILE = "reference.npz"
 
 
 @dataclass(frozen=True)

@@ -21,12 +21,16 @@ __all__ = [
     "FEATURE_NAMES",
     "ID_FIELD",
     "LOG_FEATURES",
+    "SCHEMA_VERSION",
     "FeatureSpec",
     "Prediction",
     "Transaction",
     "schema_as_dict",
 ]
 
+# The version a FraudModel declares (spec.model.featureSchemaVersion); bump it with
+# any change to FEATURES, so a model trained on other features is never served here.
+SCHEMA_VERSION = "v1"
 ID_FIELD = "transaction_id"
 ID_MAX_LENGTH = 64
 
@@ -98,7 +102,9 @@ class Transaction(BaseModel):
 
     model_config = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False, frozen=True)
 
-    transaction_id: str = Field(min_length=1, max_length=ID_MAX_LENGTH, description="Caller's transaction id.")
+    transaction_id: str = Field(
+        min_length=1, max_length=ID_MAX_LENGTH, description="Caller's transaction id."
+    )
     amount: float = _field("amount")
     txn_count_1h: int = _field("txn_count_1h")
     txn_count_24h: int = _field("txn_count_24h")
@@ -130,6 +136,7 @@ class Prediction(BaseModel):
 def schema_as_dict() -> dict[str, Any]:
     """The schema as stored in model metadata (JSON-friendly)."""
     return {
+        "version": SCHEMA_VERSION,
         "id_field": ID_FIELD,
         "features": [f.as_dict() for f in FEATURES],
     }

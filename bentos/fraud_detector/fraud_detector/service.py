@@ -3,7 +3,9 @@
 Configuration comes from the environment the operator sets (see
 :class:`~fraud_detector.settings.Settings`): ``FRAUDMODEL_NAME``,
 ``FRAUDMODEL_VERSION``, ``FRAUDMODEL_TRACK``, ``FRAUDMODEL_THRESHOLD``,
-``FRAUDMODEL_MODEL_TAG``, and the batching/overload knobs.
+``FRAUDMODEL_FEATURE_SCHEMA``, ``FRAUDMODEL_MODEL_URI``, ``FRAUDMODEL_MODEL_TAG``,
+and the batching/overload knobs. Which model is loaded, and when the service
+refuses to serve it (not ready, with the reason on ``/readyz``): :mod:`fraud_detector.loading`.
 """
 
 from __future__ import annotations
@@ -11,8 +13,10 @@ from __future__ import annotations
 import asyncio
 import functools
 import gc
+import logging
 import random
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -23,11 +27,12 @@ from bentoml.validators import ContentType
 
 from . import model as model_io
 from .edge import PREDICT, PREDICT_BATCH, EdgeMiddleware, Scorer
-from .metrics import ServiceMetrics, service_metrics
+from .loading import Declared, LoadedModel, NotServable, assess, facts_of, fetch
+from .metrics import MONITORED_FEATURES, ServiceMetrics, service_metrics
 from .schema import FEATURE_NAMES, Prediction, Transaction
 from .settings import Settings
 
-__all__ = ["SETTINGS", "FraudDetector", "direct_scorer"]
+__all__ = ["SETTINGS", "FraudDetector", "Loaded", "direct_scorer", "load_declared_model"]
 
 # Declaring the media type matters for speed: without it BentoML 1.4.40 builds
 # the output's JSON schema on every response to find out (a third of the CPU
@@ -35,43 +40,100 @@ __all__ = ["SETTINGS", "FraudDetector", "direct_scorer"]
 JSONPredictions = Annotated[list[Prediction], ContentType("application/json")]
 
 SETTINGS = Settings.from_env()
-DEFAULT_MODEL_TAG = "fraud_detector:latest"
+DECLARED = Declared(
+    version=SETTINGS.version,
+    feature_schema=SETTINGS.feature_schema,
+    tag=SETTINGS.model_tag,
+    uri=SETTINGS.model_uri,
+)
+# Only what `bentoml build` pins into a bento (FRAUDMODEL_MODEL_TAG at build time);
+# never a fallback when serving (see fraud_detector.loading).
+BUILD_MODEL_TAG = SETTINGS.model_tag or "fraud_detector:latest"
+DEFAULT_THRESHOLD = 0.5  # only for a model whose metadata has none
+logger = logging.getLogger(__name__)
 
 
-def model_tag() -> str:
-    """FRAUDMODEL_MODEL_TAG if set; else the model pinned in the bento being
-    served (BentoML itself would resolve "latest" in the global store); else
-    fraud_detector:latest."""
-    if SETTINGS.model_tag:
-        return SETTINGS.model_tag
-    bento = getattr(FraudDetector, "bento", None)  # set by BentoML when serving a bento
+def pinned_model_tag() -> str | None:
+    """The model pinned in the bento being served, if any (BentoML sets ``bento``)."""
+    bento = getattr(FraudDetector, "bento", None)
     if bento is not None:
         pinned = [str(m.tag) for svc in bento.info.services for m in svc.models]
         if pinned:
             return pinned[0]
-    return DEFAULT_MODEL_TAG
+    return None
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """This worker's model, or why it serves none."""
+
+    model: model_io.FraudNet | None
+    facts: LoadedModel | None
+    problem: NotServable | None
+    path: Path | None = None  # the model's directory
+
+    @property
+    def version(self) -> str:
+        """The *loaded* model's version: what responses and metrics carry."""
+        if self.facts is not None:
+            return self.facts.version
+        return SETTINGS.version or "none"
+
+    @property
+    def threshold(self) -> float:
+        """The FraudModel's threshold if it sets one, else the one chosen at training."""
+        if SETTINGS.threshold is not None:
+            return SETTINGS.threshold
+        if self.facts is not None and self.facts.threshold is not None:
+            return self.facts.threshold
+        return DEFAULT_THRESHOLD
+
+
+def load_declared_model() -> Loaded:
+    """Fetch the declared model, check it against the declaration, load its weights."""
+    facts: LoadedModel | None = None
+    try:
+        stored = fetch(DECLARED, pinned_model_tag())
+        facts = facts_of(str(stored.tag), stored.info.metadata)
+        problem = assess(DECLARED, facts)
+        if problem is not None:
+            raise problem
+        try:
+            net = model_io.load(Path(stored.path))
+        except Exception as exc:  # weights that do not fit the code: refused, not a crash loop
+            raise NotServable("ModelLoadFailed", f"cannot load the weights of {facts.tag}: {exc}") from None
+    except NotServable as problem:
+        logger.error("not serving: %s", problem)
+        return Loaded(None, facts, problem)
+    return Loaded(net, facts, None, Path(stored.path))
+
+
+_MONITORED = [FEATURE_NAMES.index(name) for name in MONITORED_FEATURES]
+
+
+def _publish_reference(loaded: Loaded, metrics: ServiceMetrics) -> None:
+    """Publish the model's reference score and feature distributions, if it has them."""
+    if loaded.path is None or not (loaded.path / model_io.REFERENCE_FILE).is_file():
+        return
+    with np.load(loaded.path / model_io.REFERENCE_FILE) as ref:
+        metrics.publish_reference(
+            ref["scores"].tolist(), {name: ref[name].tolist() for name in MONITORED_FEATURES if name in ref}
+        )
 
 
 @functools.cache
-def _stored_model() -> bentoml.Model:
-    tag = model_tag()
-    try:
-        return bentoml.models.get(tag)
-    except bentoml.exceptions.NotFound:
-        raise RuntimeError(
-            f"model {tag} is not in the model store "
-            "(train it with `python -m fraud_detector.train --version ...`, "
-            "or check BENTOML_HOME / FRAUDMODEL_MODEL_TAG)"
-        ) from None
+def _loaded() -> Loaded:
+    return load_declared_model()
 
 
-def _version() -> str:
-    return SETTINGS.version or str(_stored_model().tag.version)
+def _problem() -> NotServable | None:
+    return _loaded().problem
 
 
 @functools.cache
 def _metrics() -> ServiceMetrics:
-    return service_metrics(_version(), SETTINGS.track, SETTINGS.threshold)
+    loaded = _loaded()
+    return service_metrics(loaded.version, SETTINGS.track, loaded.threshold)
 
 
 _instances: list[FraudDetector] = []  # this worker's service instance, once BentoML has created it
@@ -96,18 +158,20 @@ class InjectedFault(RuntimeError):
 class FraudDetector:
     """Scores card transactions for fraud with a PyTorch model."""
 
-    stored = bentoml.models.BentoModel(SETTINGS.model_tag or DEFAULT_MODEL_TAG)
+    stored = bentoml.models.BentoModel(BUILD_MODEL_TAG)
 
     def __init__(self) -> None:
         # One intra-op thread per worker: requests are tiny, and more threads
         # per worker only fight the other workers for the same cores.
         torch.set_num_threads(1)
-        stored = _stored_model()
-        self.model = model_io.load(Path(stored.path))
-        self.version = _version()
+        loaded = _loaded()
+        self.problem = loaded.problem
+        self.model = loaded.model or model_io.FraudNet()  # unused while not ready: never scored
+        self.version = loaded.version
         self.name = SETTINGS.model_name
-        self.threshold = SETTINGS.threshold
+        self.threshold = loaded.threshold
         self.metrics = _metrics()
+        _publish_reference(loaded, self.metrics)
         self.model.predict_proba(np.zeros((1, len(FEATURE_NAMES)), dtype=np.float32))  # warm up
         self._cache_api_callable()
         # Garbage collection was the p99: with torch and BentoML loaded, full
@@ -118,7 +182,7 @@ class FraudDetector:
         # expensive full collections. p99 at 8 connections: ~90 ms -> ~15 ms.
         gc.freeze()
         gc.set_threshold(10_000, 10, 10)
-        self.ready = True
+        self.ready = self.problem is None
         _instances.append(self)
 
     def _cache_api_callable(self) -> None:
@@ -148,9 +212,12 @@ class FraudDetector:
             await asyncio.sleep(SETTINGS.fault_delay_ms / 1000)
         if SETTINGS.fault_error_rate and random.random() < SETTINGS.fault_error_rate:
             raise InjectedFault(f"injected fault (FRAUDMODEL_FAULT_ERROR_RATE={SETTINGS.fault_error_rate})")
-        rows = np.array([[getattr(t, name) for name in FEATURE_NAMES] for t in transactions], dtype=np.float32)
+        rows = np.array(
+            [[getattr(t, name) for name in FEATURE_NAMES] for t in transactions], dtype=np.float32
+        )
         scores = self.model.predict_proba(rows).tolist()
         self.metrics.observe(scores, self.threshold)
+        self.metrics.observe_features(rows[:, _MONITORED].T.tolist())
         return [
             Prediction(
                 transaction_id=t.transaction_id,
@@ -195,4 +262,6 @@ def direct_scorer() -> Scorer | None:
 
 
 _service: Any = FraudDetector  # a bentoml.Service; its stubs do not say so
-_service.add_asgi_middleware(EdgeMiddleware, settings=SETTINGS, metrics=_metrics, scorer=direct_scorer)
+_service.add_asgi_middleware(
+    EdgeMiddleware, settings=SETTINGS, metrics=_metrics, scorer=direct_scorer, problem=_problem
+)

@@ -52,12 +52,16 @@ class Settings:
     """
 
     model_name: str = "fraud_detector"
-    # None: the model the bento was built with when served from a bento,
-    # else fraud_detector:latest in the model store.
+    # Which model to load (fraud_detector.loading): an exported model at a URI, else a
+    # tag in the model store, else the model the bento was built with.
+    model_uri: str | None = None
     model_tag: str | None = None
-    version: str | None = None  # None: the version of the loaded model's tag
+    # What the FraudModel declares; the loaded model must match (else not ready).
+    version: str | None = None  # None: whatever version was loaded
+    feature_schema: str | None = None
     track: str = "stable"
-    threshold: float = 0.5
+    # None: the threshold chosen at training and stored in the model's metadata.
+    threshold: float | None = None
     workers: int = 1
     # Most transactions in one /predict_batch request, and in one model call of
     # the adaptive batcher. One number on purpose: BentoML splits a request
@@ -94,13 +98,15 @@ class Settings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         e = os.environ if env is None else env
-        threshold_raw = e.get("FRAUDMODEL_THRESHOLD", "0.5")
-        try:
-            threshold = float(threshold_raw)
-        except ValueError:
-            raise ValueError(f"FRAUDMODEL_THRESHOLD={threshold_raw!r} is not a number") from None
-        if not (math.isfinite(threshold) and 0.0 <= threshold <= 1.0):
-            raise ValueError(f"FRAUDMODEL_THRESHOLD={threshold_raw!r} must be within [0, 1]")
+        threshold_raw = e.get("FRAUDMODEL_THRESHOLD") or None
+        threshold = None
+        if threshold_raw is not None:
+            try:
+                threshold = float(threshold_raw)
+            except ValueError:
+                raise ValueError(f"FRAUDMODEL_THRESHOLD={threshold_raw!r} is not a number") from None
+            if not (math.isfinite(threshold) and 0.0 <= threshold <= 1.0):
+                raise ValueError(f"FRAUDMODEL_THRESHOLD={threshold_raw!r} must be within [0, 1]")
         track = e.get("FRAUDMODEL_TRACK", "stable") or "stable"
         if track not in TRACKS:
             raise ValueError(f"FRAUDMODEL_TRACK={track!r} must be one of {', '.join(TRACKS)}")
@@ -108,8 +114,10 @@ class Settings:
             adaptive_batching=_flag(e, "FRAUDMODEL_ADAPTIVE_BATCHING"),
             tracing=_flag(e, "FRAUDMODEL_TRACING"),
             model_name=e.get("FRAUDMODEL_NAME") or "fraud_detector",
+            model_uri=e.get("FRAUDMODEL_MODEL_URI") or None,
             model_tag=e.get("FRAUDMODEL_MODEL_TAG") or None,
             version=e.get("FRAUDMODEL_VERSION") or None,
+            feature_schema=e.get("FRAUDMODEL_FEATURE_SCHEMA") or None,
             track=track,
             threshold=threshold,
             workers=_int(e, "FRAUDMODEL_WORKERS", cls.workers, 1),

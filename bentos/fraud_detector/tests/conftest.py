@@ -18,7 +18,10 @@ import pytest
 BENTO_DIR = Path(__file__).resolve().parents[1]
 GOOD = "v1"
 BAD = "v2-miscalibrated"
+REFUSED = "v3-shuffled"  # fails the release gate: saved, never served
 READY_DEADLINE_S = 90.0
+# Fewer bootstrap resamples than the CLI's default: the intervals are not under test here.
+FAST = ("--resamples", "100")
 
 
 def _env(home: Path, **extra: str) -> dict[str, str]:
@@ -41,7 +44,7 @@ class Store:
             env=self.env(**extra),
             capture_output=True,
             text=True,
-            timeout=300,
+            timeout=600,
             check=False,
         )
 
@@ -50,8 +53,12 @@ class Store:
 def store(tmp_path_factory: pytest.TempPathFactory) -> Store:
     """A BentoML home with a good and a regressed model, trained by the real CLI."""
     s = Store(tmp_path_factory.mktemp("bentoml-home"))
-    for args in (["--version", GOOD], ["--version", BAD, "--regressed", "miscalibrated"]):
-        done = s.run("-m", "fraud_detector.train", *args)
+    for args in (
+        ["--version", GOOD],
+        ["--version", BAD, "--regressed", "miscalibrated"],
+        ["--version", REFUSED, "--regressed", "shuffled_labels"],
+    ):
+        done = s.run("-m", "fraud_detector.train", *args, *FAST)
         assert done.returncode == 0, done.stdout + done.stderr
     return s
 
@@ -72,13 +79,13 @@ class Server:
         return self.log.read_text(errors="replace")[-4000:]
 
 
-def _wait_ready(server: Server) -> None:
+def _wait_ready(server: Server, probe: str = "/readyz") -> None:
     deadline = time.monotonic() + READY_DEADLINE_S
     while time.monotonic() < deadline:
         if server.process.poll() is not None:
             raise RuntimeError(f"server exited with {server.process.returncode}:\n{server.logs()}")
         try:
-            if httpx.get(server.url + "/readyz", timeout=1.0).status_code == 200:
+            if httpx.get(server.url + probe, timeout=1.0).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
@@ -104,7 +111,10 @@ def start_server(store: Store, tmp_path_factory: pytest.TempPathFactory) -> Iter
     """Start ``bentoml serve`` on a free loopback port; every server is stopped at the end."""
     servers: list[Server] = []
 
-    def start(target: str = "fraud_detector.service:FraudDetector", **env: str) -> Server:
+    def start(
+        target: str = "fraud_detector.service:FraudDetector", *, ready: bool = True, **env: str
+    ) -> Server:
+        """``ready=False``: wait until the server is live only (it is expected to refuse readiness)."""
         port = free_port()
         workdir = tmp_path_factory.mktemp("server")
         log = workdir / "server.log"
@@ -138,7 +148,7 @@ def start_server(store: Store, tmp_path_factory: pytest.TempPathFactory) -> Iter
         server = Server(f"http://127.0.0.1:{port}", proc, log)
         servers.append(server)
         try:
-            _wait_ready(server)
+            _wait_ready(server, "/readyz" if ready else "/livez")
         except BaseException:
             _stop(server)
             raise

@@ -10,6 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
+
 from fraud_detector.data import payloads
 
 from .conftest import BENTO_DIR, GOOD, StartServer, Store
@@ -45,11 +46,9 @@ def test_bento_yaml(bento: tuple[str, Path]) -> None:
     (svc,) = info["services"]
     assert [m["tag"] for m in svc["models"]] == [f"fraud_detector:{GOOD}"]
     assert svc["config"]["endpoints"] == {"livez": "/livez", "readyz": "/readyz"}
-    assert {e["name"] for e in info["envs"]} >= {
-        "FRAUDMODEL_NAME",
-        "FRAUDMODEL_TRACK",
-        "FRAUDMODEL_THRESHOLD",
-    }
+    envs = {e["name"] for e in info["envs"]}
+    assert envs >= {"FRAUDMODEL_NAME", "FRAUDMODEL_TRACK"}
+    assert "FRAUDMODEL_THRESHOLD" not in envs  # the model's own threshold unless the FraudModel sets one
     routes = {r["route"]: r for r in info["schema"]["routes"]}
     assert "/predict_batch" in routes
     reqs = info["image"]["python_requirements"]
@@ -65,6 +64,7 @@ def test_dockerfile(bento: tuple[str, Path]) -> None:
     dockerfile = (path / "env" / "docker" / "Dockerfile").read_text()
     assert re.search(r"^FROM python:3\.11-slim", dockerfile, re.M)
     assert "ENV FRAUDMODEL_TRACK=$FRAUDMODEL_TRACK" in dockerfile
+    assert "FRAUDMODEL_THRESHOLD" not in dockerfile
     assert "requirements.txt" in dockerfile
     assert re.search(r"^ENTRYPOINT .*entrypoint\.sh", dockerfile, re.M)
     assert re.search(r"^USER bentoml", dockerfile, re.M)

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from fraud_detector.data import PATTERNS, generate, payloads
 from fraud_detector.evaluation import psi
 from fraud_detector.schema import FEATURE_NAMES, FEATURES, Transaction

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from fraud_detector import model as model_io
 from fraud_detector.data import generate
 from fraud_detector.evaluation import SCORE_BUCKETS, average_precision, evaluate, psi, recall_at_fpr, roc_auc

@@ -207,9 +207,9 @@ def test_metrics_present_and_moving(server: Server) -> None:
 
 
 def test_regressed_model_as_stable_track_flags_more(start_server: StartServer, server: Server) -> None:
-    bad = start_server(
-        FRAUDMODEL_MODEL_TAG=f"fraud_detector:{BAD}"
-    )  # version and track from the model and default
+    # version and track from the model and the default; the good model's threshold, as a
+    # FraudModel that sets spec.model.threshold canaries both tracks at one threshold
+    bad = start_server(FRAUDMODEL_MODEL_TAG=f"fraud_detector:{BAD}", FRAUDMODEL_THRESHOLD="0.5")
     body = {"transactions": payloads(400, seed=2024)}
     good_out = post(server, "/predict_batch", body).json()
     bad_out = post(bad, "/predict_batch", body).json()
@@ -223,7 +223,6 @@ def test_regressed_model_as_stable_track_flags_more(start_server: StartServer, s
 def test_overload_is_shed_with_503_and_retry_after(start_server: StartServer) -> None:
     tight = start_server(
         FRAUDMODEL_MODEL_TAG=f"fraud_detector:{GOOD}",
-        FRAUDMODEL_VERSION="v1-tight",
         FRAUDMODEL_MAX_INFLIGHT="1",
         FRAUDMODEL_RETRY_AFTER_SECONDS="2",
     )
@@ -242,7 +241,7 @@ def test_overload_is_shed_with_503_and_retry_after(start_server: StartServer) ->
     for r in shed:
         assert r.headers["retry-after"] == "2"
         assert r.json()["reason"] == "shed"
-    labels = {"model_version": "v1-tight", "track": "stable"}
+    labels = {"model_version": GOOD, "track": "stable"}
     assert metric(tight, "fraud_model_shed_requests_total", **labels) == len(shed)
     assert metric(
         tight, "bentoml_service_request_total", endpoint="/predict", http_response_code="503"
@@ -275,6 +274,7 @@ def test_adaptive_batching_answers_as_the_direct_path_does(start_server: StartSe
         FRAUDMODEL_TRACK="canary",
         FRAUDMODEL_ADAPTIVE_BATCHING="1",
         FRAUDMODEL_MAX_LATENCY_MS="200",
+        FRAUDMODEL_THRESHOLD="0.5",  # as the `server` fixture
     )
     assert post(batching, "/predict", FRAUDY).json() == post(server, "/predict", FRAUDY).json()
     body = {"transactions": BODIES[:10]}
@@ -282,3 +282,23 @@ def test_adaptive_batching_answers_as_the_direct_path_does(start_server: StartSe
     bad = post(batching, "/predict", {**FRAUDY, "amount": -1})
     assert (bad.status_code, bad.json()["field"]) == (422, "amount")
     assert metric(batching, "fraud_model_predictions_total", track="canary") == 11
+
+
+def test_reference_distributions_of_the_loaded_model_are_published(server: Server) -> None:
+    """From the model's saved reference sample, on the live histograms' buckets (issue 13, monitoring)."""
+    text = httpx.get(server.url + "/metrics").text
+    ref = re.findall(
+        r'fraud_model_reference_score_bucket\{le="([^"]+)",model_version="v1",track="canary"\} (\S+)', text
+    )
+    live = re.findall(r'fraud_model_score_bucket\{le="([^"]+)",model_version="v1",track="canary"\}', text)
+    assert [le for le, _ in ref] == live
+    shares = [float(v) for _, v in ref]
+    assert shares == sorted(shares) and shares[-1] == 1.0
+    assert 0.9 < shares[[le for le, _ in ref].index("0.5")] < 1.0  # most reference scores are low, a few high
+    for feature in ("amount", "account_age_days", "distance_from_home_km", "ip_accounts_24h"):
+        assert (
+            f'fraud_model_reference_feature_bucket{{feature="{feature}",le="+Inf",model_version="v1"' in text
+        )
+    before = metric(server, "fraud_model_feature_count", feature="amount", model_version=GOOD)
+    assert post(server, "/predict_batch", {"transactions": BODIES[:3]}).status_code == 200
+    assert metric(server, "fraud_model_feature_count", feature="amount", model_version=GOOD) == before + 3

@@ -21,7 +21,7 @@ def test_defaults_from_empty_environment() -> None:
         None,
         None,
         "stable",
-        0.5,
+        None,  # the model's own threshold
     )
 
 

@@ -6,13 +6,14 @@ import functools
 
 import numpy as np
 import torch
+
 from fraud_detector.evaluation import psi
 from fraud_detector.train import TrainConfig, TrainResult, reference_traffic, train
 
 
 @functools.cache
 def _trained(regressed: str | None = None) -> TrainResult:
-    return train(TrainConfig(version="t", regressed=regressed))  # type: ignore[arg-type]
+    return train(TrainConfig(version="t", regressed=regressed, resamples=100))  # type: ignore[arg-type]
 
 
 @functools.cache
@@ -33,8 +34,8 @@ def test_trains_fast_and_beats_trivial_baselines() -> None:
 
 
 def test_training_is_deterministic_by_seed() -> None:
-    a = train(TrainConfig(version="a", rows=5_000, epochs=2))
-    b = train(TrainConfig(version="b", rows=5_000, epochs=2))
+    a = train(TrainConfig(version="a", rows=5_000, epochs=2, resamples=20))
+    b = train(TrainConfig(version="b", rows=5_000, epochs=2, resamples=20))
     assert a.fingerprint == b.fingerprint
     for (k, va), (_, vb) in zip(a.model.state_dict().items(), b.model.state_dict().items(), strict=True):
         assert torch.equal(va, vb), k
