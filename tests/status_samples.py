@@ -136,9 +136,30 @@ def fraudmodel() -> dict[str, Any]:
 # ---------------------------------------------------------------- scenarios
 
 
+def with_defaults(schema: dict[str, Any], value: Any) -> Any:
+    """Structural-schema defaulting as the API server applies it on read: a missing property
+    with a default gets it, then the defaults inside it apply in turn."""
+    if not isinstance(value, dict):
+        return value
+    result = dict(value)
+    for name, prop in schema.get("properties", {}).items():
+        if name not in result and "default" in prop:
+            result[name] = copy.deepcopy(prop["default"])
+        if name in result:
+            result[name] = with_defaults(prop, result[name])
+    return result
+
+
+def served_status() -> dict[str, Any]:
+    """The status the API server serves for a FraudModel nobody has written a status for."""
+    schema = crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    served: dict[str, Any] = with_defaults(schema, {"spec": {}})["status"]
+    return served
+
+
 async def served_as_created(c: Cluster) -> None:
     """Applied, not yet seen by the operator: the API server serves the CRD's status default."""
-    c.body["status"] = crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]["default"]
+    c.body["status"] = served_status()
 
 
 async def no_status(c: Cluster) -> None:
