@@ -147,9 +147,9 @@ def plan_writes(
         writes.append(Write("finalize-old", "Router", "previous", "finalize-old"))
     gone = canary is None
     if gone or routed != live_weight or router_changed:
-        writes.append(
-            Write("route", "Router", name, "reduce" if routed < live_weight or gone else "expose", weight=routed)
-        )
+        # Less traffic to the canary goes first; anything else (a first route, a canary at 0% leaving the
+        # route) after the Services it names exist.
+        writes.append(Write("route", "Router", name, "reduce" if routed < live_weight else "expose", weight=routed))
     for manifest in desired:
         key = (manifest["kind"], manifest["metadata"]["name"])
         current = live.get(key)

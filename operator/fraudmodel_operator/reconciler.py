@@ -268,6 +268,14 @@ def _routed_status(
     return status.model_copy(update=update)
 
 
+def _served_weight(status: FraudModelStatus) -> int:
+    """What the canary really gets (the router's read-back), else its step's weight."""
+    canary = status.canary
+    if canary is None:
+        return 0
+    return canary.effective_weight if canary.effective_weight is not None else canary.weight
+
+
 def _approximation(target: FraudModel, transition_events: tuple[Event, ...]) -> Event | None:
     """A Warning when the replica-ratio router cannot express a new step's weight with the pods it has."""
     canary = target.status.canary
@@ -355,7 +363,7 @@ async def reconcile(
             ctx.metrics.rollbacks.labels(ns, name, status.history[0].reason).inc()
     m = ctx.metrics
     m.observe_phase(ns, name, status.phase)
-    m.weight.labels(ns, name).set(status.canary.weight if status.canary else 0)
+    m.weight.labels(ns, name).set(_served_weight(status))
     deadline = rollout_deadline(target, now)
     m.deadline.labels(ns, name).set(1 if deadline is not None and now > deadline else 0)
     result = "changed" if writes else "unchanged"

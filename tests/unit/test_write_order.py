@@ -89,6 +89,7 @@ class Run:
     cluster: Cluster
     status: FraudModelStatus
     events: list[Event]
+    metrics: OperatorMetrics
 
 
 async def run(fm: FraudModel, live: dict[tuple[str, str], Manifest], cluster: Cluster, seconds: float = 1) -> Run:
@@ -100,7 +101,7 @@ async def run(fm: FraudModel, live: dict[tuple[str, str], Manifest], cluster: Cl
     ctx = Context(kube=cluster, metrics=OperatorMetrics(), provider_for=provider)
     outcome = await reconcile(ctx, body, live, at(seconds), events.append)
     written = outcome.status if outcome.status is not None else body["status"]  # None: nothing changed
-    return Run(cluster, FraudModelStatus.model_validate(written), events)
+    return Run(cluster, FraudModelStatus.model_validate(written), events, ctx.metrics)
 
 
 def running(weight: int, router: dict[str, Any], replicas: int = 10, **fields: Any) -> FraudModel:
@@ -137,6 +138,7 @@ async def test_weight_rises_only_when_the_canary_has_ready_pods_for_it() -> None
     assert result.status.canary is not None
     assert (result.status.canary.weight, result.status.canary.effective_weight) == (50, 10)
     assert "1 of the 5 ready pods" in result.status.message
+    assert result.metrics.weight.labels("risk", "bot")._value.get() == 10, "the metric says what is served"
 
     again = await run(fm, live_of(fm, routed=10), cluster)
     assert canary_weight_of(cluster) == 50, "ready at its desired count: the step's weight is routed"
@@ -377,3 +379,13 @@ def test_write_plan_orders_by_rank_and_says_why() -> None:
 
 def test_model_factory_is_the_one_the_cluster_would_see() -> None:
     assert model("v2").image == "bot:v2"
+
+
+async def test_a_first_route_is_written_after_the_services_it_names() -> None:
+    fm = fraudmodel(
+        "v1", status=FraudModelStatus(stable=track("v1")), rollout={"trafficRouting": GATEWAY}, serving={"replicas": 2}
+    )
+    cluster = Cluster()
+    await run(fm, {}, cluster)
+    writes = cluster.writes()
+    assert writes.index(("apply", "HTTPRoute", "bot-route")) > writes.index(("apply", "Service", "bot-stable"))
