@@ -213,6 +213,8 @@ class KubeClient:
         except Exception as exc:
             if _code(exc) == 404:
                 return None
+            if _code(exc) == 403:  # e.g. a router's resource the operator's RBAC does not cover
+                raise NotServable(f"{kind} {name}: the operator may not read it: {_refusal(exc)}") from exc
             raise
         return dict(obj)
 

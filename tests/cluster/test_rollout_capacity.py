@@ -209,10 +209,15 @@ def prometheus() -> Iterator[FakePrometheus]:
         prom.stop()
 
 
-@pytest.fixture
-def recorder(cluster: Cluster, namespace: str) -> Iterator[Recorder]:
+@pytest.fixture(scope="module")
+def httproutes(cluster: Cluster) -> None:
+    """The cluster serves HTTPRoute (a schemaless stand-in for the Gateway API CRD)."""
     cluster.apply(json.dumps(HTTPROUTE_CRD))
     cluster.kubectl("wait", "--for=condition=Established", "crd/httproutes.gateway.networking.k8s.io")
+
+
+@pytest.fixture
+def recorder(cluster: Cluster, namespace: str, httproutes: None) -> Iterator[Recorder]:
     rec = Recorder(Client(config=KubeConfig.from_file(str(cluster.kubeconfig))), namespace)
     rec.start()
     try:
@@ -264,3 +269,29 @@ def test_rollout_and_rollback_never_route_beyond_ready_capacity(
     assert replay(timeline, "cap") == []
     deleted = [e for e in timeline if e[1] == "DELETED" and e[3]["metadata"]["name"] == "cap-canary"]
     assert {e[2] for e in deleted} == {"Service", "Deployment"}, "the promoted canary was deleted"
+
+
+def test_a_child_the_api_server_refuses_is_reported_and_the_rest_applied(
+    cluster: Cluster, operator: Operator, namespace: str, httproutes: None
+) -> None:
+    """A quota refuses the second Service: Degraded=ApplyFailed with the API server's words, a Warning
+    Event, and the Deployment still applied (a refused write used to stop the reconcile, status unwritten)."""
+    quota = {
+        "apiVersion": "v1",
+        "kind": "ResourceQuota",
+        "metadata": {"name": "one-service"},
+        "spec": {"hard": {"services": "1"}},
+    }
+    cluster.apply(json.dumps(quota), namespace)
+    cluster.apply(fraudmodel("v1", "http://127.0.0.1:9"), namespace)
+
+    def degraded() -> dict[str, Any] | None:
+        conditions = status(cluster, namespace, "cap").get("conditions") or []
+        return next((c for c in conditions if c["type"] == "Degraded" and c["reason"] == "ApplyFailed"), None)
+
+    condition = cluster.wait_until("Degraded=ApplyFailed", degraded, timeout=60, diagnose=operator.tail)
+    assert "Service cap-stable" in condition["message"]
+    assert "exceeded quota" in condition["message"]
+    assert cluster.get_json("deployment", "cap-stable", "-n", namespace)["spec"]["replicas"] == REPLICAS
+    events = cluster.get_json("events", "-n", namespace, "--field-selector", "involvedObject.name=cap")["items"]
+    assert any(e["reason"] == "ApplyFailed" and e["type"] == "Warning" for e in events)

@@ -1,12 +1,24 @@
-"""Pure helpers of the Kubernetes adapter: merge patches, value comparison, the applied hash, ownership."""
+"""The Kubernetes adapter: merge patches, value comparison, the applied hash, ownership, and what a
+refused request becomes."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import pytest
+from lightkube.core.exceptions import ApiError
+from lightkube.models.meta_v1 import Status
 
-from fraudmodel_operator.kube import APPLIED_HASH, controller_uid, merge_patch, up_to_date, with_owner
+from fraudmodel_operator.kube import (
+    APPLIED_HASH,
+    KubeClient,
+    NotServable,
+    WriteRefused,
+    controller_uid,
+    merge_patch,
+    up_to_date,
+    with_owner,
+)
 from tests.unit.factories import fraudmodel
 
 
@@ -120,3 +132,41 @@ def test_ownership_is_the_controller_uid_not_labels(refs: list[dict[str, Any]], 
         "metadata": {"name": "bot-stable", "labels": {"serving.riskml.io/fraudmodel": "bot"}, "ownerReferences": refs}
     }
     assert controller_uid(obj) == uid
+
+
+class Refusing:
+    """A lightkube client whose every call is answered with one API status."""
+
+    def __init__(self, code: int, message: str) -> None:
+        self.error = ApiError(status=Status(code=code, message=message, reason="Invalid"))
+
+    async def apply(self, *_: Any, **__: Any) -> None:
+        raise self.error
+
+    async def delete(self, *_: Any, **__: Any) -> None:
+        raise self.error
+
+    async def get(self, *_: Any, **__: Any) -> None:
+        raise self.error
+
+
+DEPLOYMENT = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "9bot-stable", "namespace": "n"}}
+
+
+async def test_a_refused_apply_names_the_object_and_quotes_the_api_server() -> None:
+    kube = KubeClient(Refusing(422, 'Deployment.apps "9bot-stable" is invalid: metadata.name: Invalid value'))  # type: ignore[arg-type]
+    with pytest.raises(WriteRefused) as refused:
+        await kube.apply(DEPLOYMENT)
+    assert (refused.value.kind, refused.value.name) == ("Deployment", "9bot-stable")
+    assert (
+        str(refused.value)
+        == 'Deployment 9bot-stable: Deployment.apps "9bot-stable" is invalid: metadata.name: Invalid value'
+    )
+    with pytest.raises(WriteRefused, match="delete refused"):
+        await kube.delete("apps/v1", "Deployment", "n", "9bot-stable")
+
+
+async def test_a_forbidden_read_is_not_servable_and_a_missing_object_is_none() -> None:
+    with pytest.raises(NotServable, match="may not read"):
+        await KubeClient(Refusing(403, "forbidden")).get("apps/v1", "Deployment", "n", "x")  # type: ignore[arg-type]
+    assert await KubeClient(Refusing(404, "not found")).get("apps/v1", "Deployment", "n", "x") is None  # type: ignore[arg-type]

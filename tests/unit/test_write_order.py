@@ -297,11 +297,32 @@ async def test_replica_ratio_rollback_takes_the_canary_out_of_the_shared_service
 
 
 async def test_warming_replica_ratio_canary_takes_no_traffic() -> None:
+    """The warming canary at weight 0 took 1/(N+1) of the traffic through the shared Service."""
     fm = running(0, RATIO, replicas=2)
-    cluster = Cluster()
-    await run(fm, live_of(fm), cluster)
     live = live_of(fm)
-    assert live[("Service", "bot")]["spec"]["selector"]["serving.riskml.io/track"] == "stable"
+    shared = live[("Service", "bot")]
+    selector = {k: v for k, v in shared["spec"]["selector"].items() if k != "serving.riskml.io/track"}
+    live[("Service", "bot")] = {**shared, "spec": {**shared["spec"], "selector": selector}}  # both tracks
+    fm = fm.model_copy(
+        update={"spec": fm.spec.model_copy(update={"rollout": fm.spec.rollout.model_copy(update={"paused": True})})}
+    )
+    cluster = Cluster()
+    await run(fm, live, cluster)
+    assert cluster.writes()[0] == ("apply", "Service", "bot")
+    assert cluster.objects[("Service", "bot")]["spec"]["selector"]["serving.riskml.io/track"] == "stable"
+
+
+async def test_spec_revert_routes_away_before_deleting_the_canary() -> None:
+    fm = running(30, ISTIO)
+    config = fm.spec.rollout.traffic_routing.istio
+    assert config is not None
+    vs = with_owner(plan_virtualservice(fm, config, 70, 30), fm)
+    reverted = fm.model_copy(update={"spec": fm.spec.model_copy(update={"model": model("v1")})})
+    cluster = Cluster(objects={("VirtualService", "bot-vs"): vs})
+    result = await run(reverted, live_of(fm), cluster)
+    assert result.status.canary is None
+    assert cluster.writes()[0] == ("apply", "VirtualService", "bot-vs")
+    assert not [w for w in cluster.writes() if w[0] == "delete"], "deleted at the next reconcile, once drained"
 
 
 async def test_router_switched_mid_rollout_is_finalised_first() -> None:
