@@ -32,7 +32,10 @@ class OperatorMetrics:
             registry=r,
         )
         self.weight = Gauge(
-            f"{PREFIX}_canary_weight", "Canary traffic percent as served (the router's read-back).", ["namespace", "fraudmodel"], registry=r
+            f"{PREFIX}_canary_weight",
+            "Canary traffic percent as served (the router's read-back).",
+            ["namespace", "fraudmodel"],
+            registry=r,
         )
         self.rollbacks = Counter(
             f"{PREFIX}_rollbacks", "Automatic and manual rollbacks.", ["namespace", "fraudmodel", "reason"], registry=r

@@ -200,6 +200,15 @@ async def execute(ctx: Context, target: FraudModel, routing: Routing, plan: Writ
     """Run the writes one by one, in the plan's order. A refused write is collected, never raised:
     the others still go through (writes that need the router to have moved are skipped)."""
     done = Applied()
+    for held in plan.deferred:
+        log.debug(
+            "%s/%s: %s %s held back: %s",
+            target.metadata.namespace,
+            target.metadata.name,
+            held.kind,
+            held.name,
+            held.why,
+        )
     for write in plan.writes:
         if write.needs_route and not done.routed:
             done.skipped.append(f"{write.kind} {write.name}")
