@@ -1028,6 +1028,11 @@ class TrackStatus(_Model):
 class CanaryStatus(TrackStatus):
     """The canary track and its rollout progress (`weight` is the step's weight)."""
 
+    routed_weight: int | None = Field(
+        default=None,
+        description="Weight the operator set on the router at the last reconcile; it lags `weight` until the "
+        "canary has ready pods for the step, and the step's interval starts only once it reaches it.",
+    )
     effective_weight: int | None = Field(
         default=None,
         description="Percent of requests the canary really gets, read back from the router at the last "

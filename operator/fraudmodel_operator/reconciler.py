@@ -259,7 +259,7 @@ def _canary_pods(target: FraudModel) -> int:
 
 
 def _routed_status(
-    status: FraudModelStatus, fm: FraudModel, routing: Routing, routed: int, why: str, done: Applied
+    status: FraudModelStatus, fm: FraudModel, routing: Routing, routed: int, why: str, done: Applied, now: datetime
 ) -> FraudModelStatus:
     """The status with the router that carries traffic now and the canary's effective weight."""
     update: dict[str, Any] = {}
@@ -270,8 +270,12 @@ def _routed_status(
         replica_ratio = isinstance(routing.router, ReplicaRatioRouter)
         live = routing.weights[1] if routing.weights else 0
         effective = routed if done.routed and (routed == 0 or not replica_ratio) else live
-        update["canary"] = canary.model_copy(update={"effective_weight": effective})
         running = canary.rolled_back_at is None and not canary.promoting
+        carried = routed if done.routed else canary.routed_weight
+        fields: dict[str, Any] = {"effective_weight": effective, "routed_weight": carried}
+        if running and carried == canary.weight and canary.routed_weight not in (None, canary.weight):
+            fields["step_started_at"] = now  # the step's interval starts once its weight is routed
+        update["canary"] = canary.model_copy(update=fields)
         if running and routed != canary.weight and status.phase == Phase.PROGRESSING:
             update["message"] = f"{status.message} ({why})"
     return status.model_copy(update=update)
@@ -342,7 +346,7 @@ async def reconcile(
         planned = {(m["kind"], m["metadata"]["name"]): m for m in desired}
         plan = plan_writes(fm, target, desired, live, routed, routing.live_canary, routing.old is not None)
         done = await execute(ctx, target, routing, plan)
-        status = _routed_status(status, fm, routing, routed, why, done)
+        status = _routed_status(status, fm, routing, routed, why, done, now)
     approximation = _approximation(target, transition.events)
     if approximation is not None:
         events.append(approximation)

@@ -140,6 +140,8 @@ def analysis_due(fm: FraudModel, now: datetime) -> bool:
     canary = fm.status.canary
     if canary is None or canary.promoting or canary.rolled_back_at or canary.weight <= 0:
         return False
+    if canary.routed_weight is not None and canary.routed_weight != canary.weight:
+        return False  # the step's weight is not routed yet: what would be judged is the previous step
     interval = max(parse_duration(fm.spec.rollout.interval), MIN_INTERVAL_SECONDS)
     last = max(t for t in (canary.step_started_at, canary.analyzed_at, canary.started_at) if t is not None)
     return _since(last, now) >= interval

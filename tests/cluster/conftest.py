@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -197,6 +198,13 @@ def crd(cluster: Cluster) -> None:
     cluster.kubectl("wait", "--for=condition=Established", "crd/fraudmodels.serving.riskml.io", "--timeout=60s")
 
 
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
 class Operator:
     """The real `fraudmodel-operator run`, out of cluster, as a process we can kill."""
 
@@ -223,7 +231,7 @@ class Operator:
                     "--metrics-port",
                     "0",
                     "--liveness-port",
-                    "18091",
+                    str(_free_port()),  # helpers and CI may run several cluster sessions side by side
                 ],
                 env=env,
                 stdout=out,

@@ -41,7 +41,11 @@ REPLICAS = 4
 HTTPROUTE_CRD = {
     "apiVersion": "apiextensions.k8s.io/v1",
     "kind": "CustomResourceDefinition",
-    "metadata": {"name": "httproutes.gateway.networking.k8s.io"},
+    "metadata": {
+        "name": "httproutes.gateway.networking.k8s.io",
+        # *.k8s.io groups must name their API review, as Gateway API's own CRDs do
+        "annotations": {"api-approved.kubernetes.io": "https://github.com/kubernetes-sigs/gateway-api/pull/1538"},
+    },
     "spec": {
         "group": "gateway.networking.k8s.io",
         "names": {"kind": "HTTPRoute", "plural": "httproutes", "singular": "httproute", "listKind": "HTTPRouteList"},

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -69,6 +70,16 @@ async def new_version(harness: Harness, version: str, generation: int = 2) -> No
     await harness.ready("bot-canary", 1)
 
 
+async def play_canary_controller(harness: Harness) -> None:
+    """The canary's pods become ready at whatever count its step asks for (a step's weight is
+    routed, and so judged, only once the canary has the ready pods for it)."""
+    while True:
+        live = harness.get(DEPLOYMENTS, "bot-canary")
+        if live is not None and (live.get("status") or {}).get("readyReplicas") != live["spec"].get("replicas", 1):
+            await harness.ready("bot-canary")
+        await asyncio.sleep(0.1)
+
+
 async def test_healthy_canary_steps_up_and_is_promoted(harness: Harness) -> None:
     harness.provider.answer = metrics({"stable": 0.03, "canary": 0.03})
     await deployed(harness)
@@ -80,7 +91,11 @@ async def test_healthy_canary_steps_up_and_is_promoted(harness: Harness) -> None
         weights.add((status.get("canary") or {}).get("weight", 0))
         return status.get("stable", {}).get("version") == "v2"
 
-    await eventually(promoted, within=20)
+    controller = asyncio.create_task(play_canary_controller(harness))
+    try:
+        await eventually(promoted, within=20)
+    finally:
+        controller.cancel()
     assert {25, 50} <= weights, f"the canary went through each step: {weights}"
     deployment = harness.get(DEPLOYMENTS, "bot-stable")
     assert deployment is not None
@@ -116,8 +131,11 @@ async def test_canary_flagging_five_times_more_is_rolled_back(harness: Harness) 
     harness.provider.answer = metrics({"stable": 0.03, "canary": 0.03})
     await harness.patch(FM, "bot", {"metadata": {"annotations": {"serving.riskml.io/retry": "1"}}})
     await eventually(lambda: harness.status("bot").get("phase") == "Progressing")
-    await harness.ready("bot-canary", 1)
-    await eventually(lambda: harness.status("bot").get("stable", {}).get("version") == "v2", within=20)
+    controller = asyncio.create_task(play_canary_controller(harness))
+    try:
+        await eventually(lambda: harness.status("bot").get("stable", {}).get("version") == "v2", within=20)
+    finally:
+        controller.cancel()
 
 
 async def test_pause_annotation_holds_the_weight(harness: Harness) -> None:

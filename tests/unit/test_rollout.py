@@ -533,3 +533,10 @@ def test_docs_show_the_state_tables_the_code_runs() -> None:
     docs = (Path(__file__).parents[2] / "docs" / "operator.md").read_text()
     assert render_table(LIFECYCLE) in docs
     assert render_table(CANARY_RULES) in docs
+
+
+def test_a_step_is_judged_only_once_its_weight_is_routed() -> None:
+    """The cluster tier caught the 50% step analysed (and passed) while the router still carried 25%."""
+    held = running(50, 1, routed_weight=25)
+    assert analysis_due(held, at(600)) is False
+    assert analysis_due(running(50, 1, routed_weight=50), at(61)) is True
