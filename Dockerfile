@@ -3,11 +3,14 @@
 # (kopf, pydantic, pyyaml, prometheus-client, httpx, lightkube, promql-parser) — no torch, no BentoML.
 #   docker build -t fraudmodel-operator:dev .
 #   kind load docker-image fraudmodel-operator:dev --name fraudmodel
+# Without a registry: scripts/images/build operator (BASE_IMAGE = Python 3.11 from Debian packages).
 ARG PYTHON_VERSION=3.11
+# Any image with python3 (3.11), its venv module, groupadd and useradd.
+ARG BASE_IMAGE=python:${PYTHON_VERSION}-slim
 
-FROM python:${PYTHON_VERSION}-slim AS build
+FROM ${BASE_IMAGE} AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PYTHONDONTWRITEBYTECODE=1
-RUN python -m venv /opt/operator
+RUN python3 -m venv /opt/operator
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY operator/ operator/
@@ -15,7 +18,7 @@ RUN /opt/operator/bin/pip install . \
  && /opt/operator/bin/pip uninstall --yes pip setuptools \
  && /opt/operator/bin/python -c "import importlib.util as u; assert u.find_spec('torch') is None"
 
-FROM python:${PYTHON_VERSION}-slim
+FROM ${BASE_IMAGE}
 LABEL org.opencontainers.image.title="fraudmodel-operator" \
       org.opencontainers.image.description="Kopf operator serving FraudModels with BentoML and analysed canary rollouts" \
       org.opencontainers.image.licenses="Apache-2.0"
