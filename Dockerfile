@@ -24,8 +24,9 @@ LABEL org.opencontainers.image.title="fraudmodel-operator" \
       org.opencontainers.image.licenses="Apache-2.0"
 # Non-root (the chart's securityContext expects uid/gid 65532) and read-only-root friendly:
 # no bytecode writes at runtime, and /tmp is the only writable path (an emptyDir in the chart).
-RUN groupadd --system --gid 65532 operator \
- && useradd --system --uid 65532 --gid 65532 --home-dir /nonexistent --no-create-home --shell /usr/sbin/nologin operator
+# The user is "fraudmodel": Debian (and so python:3.11-slim) already has an "operator" group.
+RUN groupadd --system --gid 65532 fraudmodel \
+ && useradd --system --uid 65532 --gid 65532 --home-dir /nonexistent --no-create-home --shell /usr/sbin/nologin fraudmodel
 COPY --from=build /opt/operator /opt/operator
 ENV PATH=/opt/operator/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \

@@ -295,6 +295,10 @@ def index_mounts(staging: Path) -> Iterator[list[str]]:
     uv_cache.mkdir(parents=True, exist_ok=True)
     mounts = [
         f"--volume={staging / 'xdg'}:/etc/xdg:ro",
+        # The host's uv on PATH (/usr/local/sbin is empty in Debian and python images): BentoML's
+        # Dockerfile then uses it instead of installing its own, and finds the host's downloads
+        # in the shared cache (uv versions keep separate cache buckets).
+        f"--volume={host_uv(staging / 'uv')}:/usr/local/sbin:ro",
         f"--volume={uv_cache}:/root/.cache/uv",
     ]
     if ca is not None:
@@ -303,6 +307,21 @@ def index_mounts(staging: Path) -> Iterator[list[str]]:
         yield mounts
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def host_uv(into: Path) -> Path:
+    """A directory holding the host's uv binary (resolving a pyenv shim)."""
+    found = shutil.which("uv")
+    if found is None:
+        raise StepFailed("step 'index settings' failed: no uv on PATH (python3 -m pip install uv)")
+    with open(found, "rb") as f:
+        if f.read(4) != b"\x7fELF":  # a shim script: ask pyenv for the executable
+            found = subprocess.run(["pyenv", "which", "uv"], capture_output=True, text=True, check=False).stdout.strip()
+    if not found or not Path(found).is_file():
+        raise StepFailed("step 'index settings' failed: cannot find the uv executable behind the uv on PATH")
+    into.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(found, into / "uv")
+    return into
 
 
 # --- the images
@@ -401,24 +420,26 @@ def build_bento(plan: Plan, run: Runner, work: Path) -> None:
             run.run([python, "-m", "fraud_detector.train", "--version", version, "--force", *MODELS[version]],
                     log="fraud-detector", env=env, cwd=BENTO)  # fmt: skip
     args = {"BASE_IMAGE": plan.base_ref(), **recipe.torch_index_args(plan.torch_index)}
+    first, ref = image.tags[0], image.refs[0]
+    run.step = f"fraud-detector: bentoml build {first}"
+    say(f"  {run.step} (with the models {', '.join(image.tags)})")
+    shutil.rmtree(home / "bentos" / "fraud_detector" / first, ignore_errors=True)  # a rebuild replaces it
+    run.run([python, "-m", "bentoml", "build", "--version", first, "."], log="fraud-detector",
+            env={**env, "FRAUDMODEL_MODEL_TAG": f"fraud_detector:{first}"}, cwd=BENTO)  # fmt: skip
+    context = work / "context"
+    run.run([python, "-c", BENTO_CONTEXT, f"fraud_detector:{first}", context], log="fraud-detector", env=env)
+    for version in image.tags[1:]:  # the bento's own model store gets the other versions too
+        shutil.copytree(home / "models" / "fraud_detector" / version, context / "models" / "fraud_detector" / version)
+    dockerfile = context / "env" / "docker" / "Dockerfile"
+    try:
+        dockerfile.write_text(recipe.render_bento_dockerfile(dockerfile.read_text()))
+    except ValueError as error:
+        raise StepFailed(f"step 'fraud-detector: render Dockerfile' failed: {error}") from error
+    run.step = "fraud-detector: buildah build"
+    say(f"  {run.step} {ref} on {plan.base_ref()} (installing torch takes minutes when not cached)")
     with index_mounts(work / "index") as mounts:
-        for version, ref in zip(image.tags, image.refs, strict=True):
-            run.step = f"fraud-detector: bentoml build {version}"
-            say(f"  {run.step}")
-            shutil.rmtree(home / "bentos" / "fraud_detector" / version, ignore_errors=True)  # a rebuild replaces it
-            run.run([python, "-m", "bentoml", "build", "--version", version, "."], log="fraud-detector",
-                    env={**env, "FRAUDMODEL_MODEL_TAG": f"fraud_detector:{version}"}, cwd=BENTO)  # fmt: skip
-            context = work / f"context-{version}"
-            run.run([python, "-c", BENTO_CONTEXT, f"fraud_detector:{version}", context], log="fraud-detector", env=env)
-            dockerfile = context / "env" / "docker" / "Dockerfile"
-            try:
-                dockerfile.write_text(recipe.render_bento_dockerfile(dockerfile.read_text()))
-            except ValueError as error:
-                raise StepFailed(f"step 'fraud-detector: render Dockerfile' failed: {error}") from error
-            run.step = f"fraud-detector: buildah build {version}"
-            say(f"  {run.step} {ref} on {plan.base_ref()} (the first one installs torch: minutes)")
-            buildah_build(run, dockerfile=dockerfile, context=context, ref=ref, args=args, mounts=mounts,
-                          log="fraud-detector")  # fmt: skip
+        buildah_build(run, dockerfile=dockerfile, context=context, ref=ref, args=args, mounts=mounts,
+                      log="fraud-detector")  # fmt: skip
 
 
 BUILDERS = {"base": build_base, "pause": build_pause, "operator": build_operator, "fraud-detector": build_bento}
@@ -429,22 +450,37 @@ TOOLS = {"base": ["mmdebstrap", "buildah"], "pause": ["gcc", "buildah"], "operat
 # --- archives
 
 
-def write_archive(plan: Plan, name: str, run: Runner, work: Path, seconds: float) -> dict[str, Any]:
-    """Push every tag of `name` into one OCI layout (shared blobs), name them for containerd,
-    tar it into the cache and drop the older archives of the image."""
+def write_archive(plan: Plan, name: str, run: Runner, work: Path, started: float) -> dict[str, Any]:
+    """Push the built image once into an OCI layout, add a manifest per tag (same layers, the
+    tag's config), name them for containerd, tar it into the cache and drop the older
+    archives of the image. Pushing each tag would read and write every layer again."""
     image = plan.images[name]
     layout = work / "layout"
     run.step = f"{name}: archive"
     say(f"  {run.step} {', '.join(image.refs)}")
-    for ref in image.refs:
-        run.run(buildah("push", "--quiet", "--disable-compression", ref, f"oci:{layout}:{ref}"), log=name)
+    run.run(buildah("push", "--quiet", "--disable-compression", image.refs[0], f"oci:{layout}:built"), log=name)
     index = json.loads((layout / "index.json").read_text())
-    sizes: dict[str, int] = {}
-    for manifest in index["manifests"]:
-        ref = manifest.get("annotations", {}).get("org.opencontainers.image.ref.name", "")
-        manifest.setdefault("annotations", {})["io.containerd.image.name"] = ref
-        body = json.loads((layout / "blobs" / "sha256" / manifest["digest"].split(":", 1)[1]).read_text())
-        sizes[ref] = body["config"]["size"] + sum(layer["size"] for layer in body["layers"])
+    blobs = layout / "blobs" / "sha256"
+    (built,) = index["manifests"]
+    manifest = json.loads((blobs / built["digest"].split(":", 1)[1]).read_bytes())
+    config = json.loads((blobs / manifest["config"]["digest"].split(":", 1)[1]).read_bytes())
+    layers = sum(layer["size"] for layer in manifest["layers"])
+    index["manifests"], sizes = [], {}
+    for tag, ref in zip(image.tags, image.refs, strict=True):
+        config_data, config_digest = recipe.blob(recipe.tag_config(config, image.tag_env, tag))
+        (blobs / config_digest.split(":", 1)[1]).write_bytes(config_data)
+        tagged = {**manifest, "config": {**manifest["config"], "digest": config_digest, "size": len(config_data)}}
+        manifest_data, manifest_digest = recipe.blob(tagged)
+        (blobs / manifest_digest.split(":", 1)[1]).write_bytes(manifest_data)
+        annotations = {"org.opencontainers.image.ref.name": ref, "io.containerd.image.name": ref}
+        index["manifests"].append(
+            {"mediaType": built["mediaType"], "digest": manifest_digest, "size": len(manifest_data),
+             "annotations": annotations}
+        )  # fmt: skip
+        sizes[ref] = layers + len(config_data)
+    if built["digest"] not in {m["digest"] for m in index["manifests"]}:  # only the tags stay
+        (blobs / built["digest"].split(":", 1)[1]).unlink()
+        (blobs / manifest["config"]["digest"].split(":", 1)[1]).unlink(missing_ok=True)
     (layout / "index.json").write_text(json.dumps(index))
     partial = plan.archive(name).with_suffix(".partial")
     run.run(["tar", "--create", "--file", partial, "--directory", layout, "."], log=name)
@@ -459,7 +495,7 @@ def write_archive(plan: Plan, name: str, run: Runner, work: Path, seconds: float
         "digests": {m["annotations"]["io.containerd.image.name"]: m["digest"] for m in index["manifests"]},
         "image_bytes": sizes,
         "archive_bytes": plan.archive(name).stat().st_size,
-        "build_seconds": round(seconds, 1),
+        "build_seconds": round(time.monotonic() - started, 1),
         "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     plan.archive(name).with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
@@ -507,7 +543,7 @@ def build(names: Sequence[str], force: bool) -> int:
             (CACHE / "logs" / f"{name}.log").unlink(missing_ok=True)
             with tempfile.TemporaryDirectory(prefix=f"{name}-", dir=CACHE) as tmp:
                 BUILDERS[name](plan, run, Path(tmp))
-                meta = write_archive(plan, name, run, Path(tmp), time.monotonic() - started)
+                meta = write_archive(plan, name, run, Path(tmp), started)
             sizes = ", ".join(f"{ref.rsplit('/', 1)[1]} {human(b)}" for ref, b in meta["image_bytes"].items())
             say(f"  {name}: built in {meta['build_seconds']:.0f}s: {sizes}; archive {human(meta['archive_bytes'])}")
     return 0

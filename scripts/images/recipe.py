@@ -9,9 +9,11 @@ images it is built on.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from fnmatch import fnmatch
 from pathlib import Path
 
 REGISTRY = "localhost/fraudmodel"
@@ -46,7 +48,7 @@ PAUSE_USER_ID = 65535  # Kubernetes' own pause image
 
 # Bump an image's revision when the way builder.py builds it changes (the key covers the
 # inputs below, not the build scripts, so an edit elsewhere does not rebuild 6 GB).
-REVISIONS: dict[str, int] = {"base": 1, "pause": 1, "operator": 1, "fraud-detector": 1}
+REVISIONS: dict[str, int] = {"base": 1, "pause": 1, "operator": 1, "fraud-detector": 2}
 
 
 def image_ref(name: str, tag: str) -> str:
@@ -66,6 +68,9 @@ class Image:
     tags: tuple[str, ...]
     built_on: tuple[str, ...] = ()
     load: bool = True  # imported into containerd by scripts/images/load
+    # Tags beyond the first are the same layers with this variable set per tag in the image
+    # config (no layer is read or written again): (name, value with {tag}).
+    tag_env: tuple[str, str] | None = None
 
     @property
     def refs(self) -> tuple[str, ...]:
@@ -86,7 +91,13 @@ def images(model_versions: Sequence[str], pause_version: str) -> dict[str, Image
         "base": Image("base", (DEBIAN_SUITE,), load=False),
         "pause": Image("pause", (pause_version,)),
         "operator": Image("operator", ("dev",), built_on=("base",)),
-        "fraud-detector": Image("fraud-detector", tuple(model_versions), built_on=("base",)),
+        # One bento holding every model; each tag's default model is its version.
+        "fraud-detector": Image(
+            "fraud-detector",
+            tuple(model_versions),
+            built_on=("base",),
+            tag_env=("FRAUDMODEL_MODEL_TAG", "fraud_detector:{tag}"),
+        ),
     }
 
 
@@ -121,7 +132,7 @@ def tree_files(root: Path, include: Sequence[str], exclude: Sequence[str] = ()) 
     for pattern in include:
         for path in sorted(root.glob(pattern)):
             rel = path.relative_to(root).as_posix()
-            if path.is_file() and not any(Path(rel).match(ex) or ex in rel.split("/") for ex in exclude):
+            if path.is_file() and not any(fnmatch(part, ex) for part in rel.split("/") for ex in exclude):
                 found[rel] = path.read_bytes()
     return found
 
@@ -253,3 +264,24 @@ def torch_index_args(torch_index_url: str | None) -> dict[str, str]:
     if not re.match(r"^(https?|file)://\S+$", torch_index_url):
         raise ValueError(f"FRAUDMODEL_TORCH_INDEX_URL={torch_index_url!r}: expected an http(s):// or file:// URL")
     return {"UV_EXTRA_INDEX_URL": torch_index_url, "UV_INDEX_STRATEGY": "unsafe-best-match"}
+
+
+# --- per-tag images derived from one built image (config-only differences)
+
+
+def tag_config(config: Mapping[str, object], env: tuple[str, str] | None, tag: str) -> dict[str, object]:
+    """The image config of `tag`: the built one with the tag's variable set (replacing any
+    value it had), everything else (layers, history, user, entrypoint) unchanged."""
+    derived = json.loads(json.dumps(config))
+    if env is not None:
+        name, template = env
+        settings = derived.setdefault("config", {})
+        kept = [item for item in settings.get("Env") or [] if not item.startswith(f"{name}=")]
+        settings["Env"] = [*kept, f"{name}={template.format(tag=tag)}"]
+    return dict(derived)
+
+
+def blob(document: Mapping[str, object]) -> tuple[bytes, str]:
+    """A JSON document as an OCI blob and its digest."""
+    data = json.dumps(document, separators=(",", ":"), sort_keys=True).encode()
+    return data, "sha256:" + hashlib.sha256(data).hexdigest()

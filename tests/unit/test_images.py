@@ -4,8 +4,10 @@ host's index settings handed to pip and uv inside a build. No image is built her
 
 from __future__ import annotations
 
+import hashlib
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 from scripts.images import recipe
@@ -124,7 +126,9 @@ def test_tree_files_follows_includes_and_excludes(tmp_path: Path) -> None:
     (tmp_path / "pkg" / "a.py").write_text("a")
     (tmp_path / "pkg" / "__pycache__" / "a.cpython-311.pyc").write_text("x")
     (tmp_path / "pkg" / "b.pyc").write_text("x")
-    files = recipe.tree_files(tmp_path, ["pkg/**/*"], exclude=["__pycache__", "*.pyc"])
+    (tmp_path / "pkg" / "pkg.egg-info").mkdir()
+    (tmp_path / "pkg" / "pkg.egg-info" / "PKG-INFO").write_text("x")
+    files = recipe.tree_files(tmp_path, ["pkg/**/*"], exclude=["__pycache__", "*.pyc", "*.egg-info"])
     assert files == {"pkg/a.py": b"a"}
 
 
@@ -248,3 +252,31 @@ def test_no_index_host_is_written_into_the_build_files() -> None:
     for path in files:
         urls = re.findall(r"https?://[^\s\"')]+", path.read_text())
         assert all(".example" in url for url in urls), f"{path.name} names a host: {urls}"
+
+
+def test_each_bento_tag_is_the_built_image_with_its_own_default_model() -> None:
+    image = recipe.images(["v1", "v2"], "3.10.1")["fraud-detector"]
+    built: dict[str, Any] = {
+        "architecture": "amd64",
+        "config": {"Env": ["PATH=/app/.venv/bin", "FRAUDMODEL_MODEL_TAG=old"], "User": "1034:1034"},
+        "rootfs": {"type": "layers", "diff_ids": ["sha256:a", "sha256:b"]},
+    }
+    v2 = recipe.tag_config(built, image.tag_env, "v2")
+    assert v2["config"] == {
+        "Env": ["PATH=/app/.venv/bin", "FRAUDMODEL_MODEL_TAG=fraud_detector:v2"],
+        "User": "1034:1034",
+    }
+    assert v2["rootfs"] == built["rootfs"], "same layers"
+    assert built["config"]["Env"][-1] == "FRAUDMODEL_MODEL_TAG=old", "the built config is not modified"
+
+
+def test_an_image_without_a_tag_variable_keeps_its_config() -> None:
+    config = {"config": {"Env": ["A=1"]}, "rootfs": {"diff_ids": []}}
+    assert recipe.tag_config(config, None, "dev") == config
+
+
+def test_blob_digest_is_the_sha256_of_its_canonical_bytes() -> None:
+    data, digest = recipe.blob({"b": 1, "a": [1, 2]})
+    assert data == b'{"a":[1,2],"b":1}'
+    assert digest == "sha256:" + hashlib.sha256(data).hexdigest()
+    assert recipe.blob({"a": [1, 2], "b": 1}) == (data, digest)
