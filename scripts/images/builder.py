@@ -244,7 +244,7 @@ class Plan:
         return recipe.input_key(
             {
                 "models": json.dumps(MODELS, sort_keys=True),
-                **recipe.tree_files(BENTO, ["pyproject.toml", "fraud_detector/*.py"]),
+                **recipe.tree_files(BENTO, ["pyproject.toml", *recipe.TRAINING_MODULES]),
             }
         )
 
@@ -379,7 +379,7 @@ def build_pause(plan: Plan, run: Runner, work: Path) -> None:
 def buildah_build(run: Runner, *, dockerfile: Path, context: Path, ref: str, args: Mapping[str, str],
                   mounts: Sequence[str], log: str) -> None:  # fmt: skip
     argv: list[str | Path] = [
-        "build", "--runtime", "runc", "--network", "host", "--layers", "--format", "oci",
+        "build", "--runtime", "runc", "--network", "host", "--layers", "--force-rm", "--format", "oci",
         "--file", dockerfile, "--tag", ref, *mounts,
     ]  # fmt: skip
     for key, value in args.items():
@@ -530,6 +530,9 @@ def build(names: Sequence[str], force: bool) -> int:
         say(f"FRAUDMODEL_BASE_IMAGE={plan.base_image}: the local Debian base is not built")
     require_tools(sorted({t for n in selected for t in TOOLS[n]}))
     with locked():
+        for stale in CACHE.glob("*-*/"):  # work directories of a build that was killed
+            if stale.name.split("-")[0] in BUILDERS or stale.name.startswith("fraud-detector-"):
+                shutil.rmtree(stale, ignore_errors=True)
         for number, name in enumerate(selected, 1):
             if name == "pause" and "pause" not in plan.keys:
                 pause_source()  # raises, naming what is missing

@@ -37,6 +37,11 @@ BASE_MMDEBSTRAP_OPTIONS: tuple[str, ...] = (
     "--dpkgopt=path-exclude=/usr/share/locale/*",
     "--customize-hook=rm -rf $1/var/lib/apt/lists/* $1/var/cache/apt/*.bin",
 )
+# What a trained model depends on (bentos/fraud_detector: train.py and what it imports); the
+# models are retrained only when these or the versions' arguments change.
+TRAINING_MODULES: tuple[str, ...] = tuple(
+    f"fraud_detector/{m}.py" for m in ("__init__", "train", "data", "model", "evaluation", "schema", "validation")
+)
 PAUSE_CFLAGS: tuple[str, ...] = ("-Os", "-Wall", "-Werror", "-static")
 # BentoML's default user (uid = gid = 1034 in its Dockerfile template); the image's USER is
 # rendered numeric so a kubelet can check runAsNonRoot without a runAsUser.

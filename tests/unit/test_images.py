@@ -280,3 +280,21 @@ def test_blob_digest_is_the_sha256_of_its_canonical_bytes() -> None:
     assert data == b'{"a":[1,2],"b":1}'
     assert digest == "sha256:" + hashlib.sha256(data).hexdigest()
     assert recipe.blob({"a": [1, 2], "b": 1}) == (data, digest)
+
+
+def test_training_modules_cover_what_train_imports() -> None:
+    package = ROOT / "bentos" / "fraud_detector" / "fraud_detector"
+    listed = {Path(m).stem for m in recipe.TRAINING_MODULES}
+    seen, todo = set(), ["train"]
+    while todo:
+        module = todo.pop()
+        seen.add(module)
+        text = (package / f"{module}.py").read_text()
+        todo += [
+            name
+            for pair in re.findall(r"^from \.(\w+) import|^from \. import (\w+)", text, re.M)
+            for name in pair
+            if name
+        ]
+        todo = [m for m in todo if m not in seen]
+    assert seen <= listed, f"train.py imports {sorted(seen - listed)}: add them to recipe.TRAINING_MODULES"
