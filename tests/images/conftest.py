@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import tarfile
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,9 +79,28 @@ def meta(archive: Path) -> Meta:
 
 
 @pytest.fixture(scope="session")
-def layouts(tmp_path_factory: pytest.TempPathFactory, built: dict[str, Path]) -> Iterator[dict[str, Path]]:
+def workdir() -> Iterator[Path]:
+    """Scratch space of the session beside the archives, not under pytest's base temp: on a
+    machine shared by several pytest sessions, each removes all but the newest three base
+    temps, and these tests run for minutes (a container's root filesystem vanished mid-run)."""
+    cache = Path(os.environ.get("FRAUDMODEL_CACHE", Path.home() / ".cache" / "fraudmodel-operator")) / "images"
+    cache.mkdir(parents=True, exist_ok=True)
+    path = Path(tempfile.mkdtemp(prefix="smoke-", dir=cache))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def scratch(workdir: Path, request: pytest.FixtureRequest) -> Path:
+    path: Path = workdir / str(request.node.name)[:60]
+    path.mkdir()
+    return path
+
+
+@pytest.fixture(scope="session")
+def layouts(workdir: Path, built: dict[str, Path]) -> Iterator[dict[str, Path]]:
     """Each archive unpacked into an OCI layout (what umoci reads), once per session."""
-    root = tmp_path_factory.mktemp("layouts")
+    root = workdir / "layouts"
     out: dict[str, Path] = {}
     for name, archive in built.items():
         with tarfile.open(archive) as tar:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import random
 import socket
 import subprocess
 import tarfile
@@ -37,10 +38,16 @@ TRANSACTION = {
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+    """A port free on every address (the server binds 0.0.0.0) and below the ephemeral range,
+    so no outgoing connection on this busy machine takes it before the server starts."""
+    for port in random.sample(range(20000, 32000), 200):
+        with socket.socket() as s:
+            try:
+                s.bind(("0.0.0.0", port))
+            except OSError:
+                continue
+            return port
+    raise AssertionError("no free port in 20000-32000")
 
 
 def unpack(layout: Path, ref: str, into: Path) -> dict[str, Any]:
@@ -49,9 +56,9 @@ def unpack(layout: Path, ref: str, into: Path) -> dict[str, Any]:
     image = f"{layout}:{ref}"
     into.mkdir(parents=True)
     subprocess.run(["umoci", "raw", "unpack", "--image", image, str(into / "rootfs")], check=True, capture_output=True)
-    rootfs, config = str(into / "rootfs"), str(into / "config.json")
+    rootfs, config_path = str(into / "rootfs"), str(into / "config.json")
     subprocess.run(
-        ["umoci", "raw", "runtime-config", "--image", image, "--rootfs", rootfs, config],
+        ["umoci", "raw", "runtime-config", "--image", image, "--rootfs", rootfs, config_path],
         check=True,
         capture_output=True,
     )
@@ -157,15 +164,15 @@ def image_config(layout: Path, digest: str) -> dict[str, Any]:
 
 
 def test_the_bento_answers_readyz_and_predict_as_the_kubelet_runs_it(
-    layouts: dict[str, Path], built: dict[str, Path], tmp_path: Path
+    layouts: dict[str, Path], built: dict[str, Path], scratch: Path
 ) -> None:
     ref = recipe.image_ref("fraud-detector", "v2")  # the bento pins v1: v2 comes from the tag's config
-    bundle = tmp_path / "bundle"
+    bundle = scratch / "bundle"
     config = unpack(layouts["fraud-detector"], ref, bundle)
     port = free_port()
     env = {"BENTOML_PORT": str(port), "FRAUDMODEL_TRACK": "canary"}
     as_kubelet(bundle, config, uid=recipe.BENTO_USER_ID, gid=recipe.BENTO_USER_ID, env=env)
-    log = tmp_path / "bento.log"
+    log = scratch / "bento.log"
     with running(bundle, log) as container:
         wait_ready(f"http://127.0.0.1:{port}/readyz", container.proc, log, within=240)
         answer = httpx.post(f"http://127.0.0.1:{port}/predict", json=TRANSACTION, timeout=10)
@@ -201,13 +208,13 @@ def test_the_bento_tags_share_their_layers_and_each_defaults_to_its_own_model(la
         assert any(f"models/fraud_detector/{version}/model.pt" in name for name in names), version
 
 
-def test_the_operator_prints_its_help_as_the_kubelet_runs_it(layouts: dict[str, Path], tmp_path: Path) -> None:
-    bundle = tmp_path / "bundle"
+def test_the_operator_prints_its_help_as_the_kubelet_runs_it(layouts: dict[str, Path], scratch: Path) -> None:
+    bundle = scratch / "bundle"
     config = unpack(layouts["operator"], recipe.image_ref("operator", "dev"), bundle)
     assert config["process"]["args"][:1] == ["fraudmodel-operator"]
     uid = recipe.OPERATOR_USER_ID
     as_kubelet(bundle, config, uid=uid, gid=uid, args=["fraudmodel-operator", "--help"])
-    log = tmp_path / "operator.log"
+    log = scratch / "operator.log"
     with running(bundle, log) as container:
         assert container.proc.wait(timeout=120) == 0, log.read_text()
     out = log.read_text()
@@ -216,13 +223,13 @@ def test_the_operator_prints_its_help_as_the_kubelet_runs_it(layouts: dict[str, 
 
 
 def test_the_pause_container_runs_until_stopped(
-    layouts: dict[str, Path], built: dict[str, Path], tmp_path: Path
+    layouts: dict[str, Path], built: dict[str, Path], scratch: Path
 ) -> None:
-    bundle = tmp_path / "bundle"
+    bundle = scratch / "bundle"
     config = unpack(layouts["pause"], meta(built["pause"]).refs[0], bundle)
     assert config["process"]["args"] == ["/pause"]
     as_kubelet(bundle, config, uid=recipe.PAUSE_USER_ID, gid=recipe.PAUSE_USER_ID)
-    log = tmp_path / "pause.log"
+    log = scratch / "pause.log"
     with running(bundle, log) as container:
         deadline = time.monotonic() + 30
         while container.status() != "running" and container.proc.poll() is None and time.monotonic() < deadline:
