@@ -40,7 +40,8 @@ BASE_MMDEBSTRAP_OPTIONS: tuple[str, ...] = (
 # What a trained model depends on (bentos/fraud_detector: train.py and what it imports); the
 # models are retrained only when these or the versions' arguments change.
 TRAINING_MODULES: tuple[str, ...] = tuple(
-    f"fraud_detector/{m}.py" for m in ("__init__", "train", "data", "model", "evaluation", "schema", "validation")
+    f"fraud_detector/{m}.py"
+    for m in ("__init__", "train", "data", "model", "evaluation", "schema", "validation", "card", "metrics", "release")
 )
 PAUSE_CFLAGS: tuple[str, ...] = ("-Os", "-Wall", "-Werror", "-static")
 # BentoML's default user (uid = gid = 1034 in its Dockerfile template); the image's USER is
