@@ -1,27 +1,52 @@
 """Canary analysis: PromQL for each check, and the pure assessment of what came back.
 
-`queries()` says what to measure, `assess()` judges the measurements (pure), and
-`run_analysis()` glues them to a `MetricProvider` (I/O). Missing data is never a
-pass: an empty result or an unreachable Prometheus makes a check Inconclusive.
+`queries()` says what to measure, `assess()` judges the measurements (pure), `judge()`
+turns them into the analysis written to status (pure: it carries the looks already spent
+from the previous analysis of the same revision), and `run_analysis()` glues them to a
+`MetricProvider` (I/O). Missing data is never a pass: an empty result or an unreachable
+Prometheus makes a check Inconclusive.
+
+The decision rules (docs/api.md, "Analysis"):
+
+- Evidence accumulates. Every query reads the range since the canary revision started
+  (since the step started for latency, which depends on load), capped at `window`, both
+  tracks over the same range, each selected by track *and* model version, so a replaced
+  canary's series never count for the next one.
+- A check passes only when its whole interval lies inside its bounds and fails only when
+  the interval lies wholly outside; in between it is Inconclusive (held, not advanced).
+- Repeated looks are paid for: the k-th look of a check uses an interval with error
+  alpha / (k (k + 1)) on each side, which sums to `alpha` over any number of looks, so a
+  canary exactly at a bound passes (or a healthy one fails) with probability <= alpha
+  per check over the whole rollout. A look counts only once the check could decide.
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
-from fraudmodel_operator.api import AnalysisSpec, AnalysisStatus, CheckResult, FraudModel, LatencyCheck, Verdict
+from fraudmodel_operator.api import (
+    AnalysisSpec,
+    AnalysisStatus,
+    CheckResult,
+    FraudModel,
+    LatencyCheck,
+    Verdict,
+    parse_duration,
+)
+from fraudmodel_operator.stats import clopper_pearson, look_alpha, newcombe, rate_ratio_interval, z_of
 
 Vector = list[tuple[dict[str, str], float]]
-Z95 = 1.96
+Histogram = tuple[tuple[float, float], ...]  # cumulative (le, count), ascending le, +Inf last
 PREDICT_ENDPOINTS = "/predict.*"
 MIN_TAIL_SAMPLES = 5  # requests beyond a latency quantile, per track, for it to mean anything
 PSI_EPSILON = 1e-4
 PSI_MIN_EXPECTED = 5.0
+MIN_RANGE_SECONDS = 10  # shortest query range: a few scrapes
 
 
 class ProviderError(Exception):
@@ -38,38 +63,86 @@ class MetricProvider(Protocol):
 # ---------------------------------------------------------------- queries
 
 
+@dataclass(frozen=True)
+class Ranges:
+    """Seconds of evidence each query reads: since the canary revision started, and since its step started."""
+
+    rollout: int
+    step: int
+
+
+def evidence_ranges(fm: FraudModel, now: datetime) -> Ranges:
+    """The ranges of this analysis: from the canary's start (its step's start), at most `window`."""
+    cap = max(int(parse_duration(fm.spec.rollout.analysis.window)), MIN_RANGE_SECONDS)
+    canary = fm.status.canary
+    started = canary.started_at if canary else None
+    step_started = (canary.step_started_at or started) if canary else None
+
+    def since(then: datetime | None) -> int:
+        seconds = math.ceil((now - then).total_seconds()) if then else cap
+        return min(max(seconds, MIN_RANGE_SECONDS), cap)
+
+    return Ranges(rollout=since(started), step=since(step_started))
+
+
+def track_version(fm: FraudModel, track: str) -> str | None:
+    status = fm.status
+    if track == "canary":
+        return status.canary.version if status.canary else fm.spec.model.version
+    return status.stable.version
+
+
 def selector(fm: FraudModel, track: str) -> str:
     labels = fm.spec.rollout.analysis.metric_labels
     return f'{labels.model}="{fm.metadata.name}",{labels.namespace}="{fm.metadata.namespace}",{labels.track}="{track}"'
 
 
-def queries(fm: FraudModel, track: str) -> dict[str, str]:
-    """PromQL of every built-in measure of one track over the analysis window."""
+def queries(fm: FraudModel, track: str, ranges: Ranges | None = None) -> dict[str, str]:
+    """PromQL of every built-in measure of one track over the evidence ranges.
+
+    The bento labels its own series with `model_version`; BentoML's request series carry no
+    version, so they are kept only for instances that exported this version's predictions
+    during the range (`and on(instance)`): the pods of a replaced canary do not count.
+    """
+    r = ranges or Ranges(rollout=60, step=60)
     s = selector(fm, track)
+    version = track_version(fm, track)
+    v = f'{s},model_version="{version}"' if version else s
     api = f'{s},endpoint=~"{PREDICT_ENDPOINTS}"'  # not the probes' /readyz, /livez, nor /metrics
-    w = fm.spec.rollout.analysis.window
-    q = fm.spec.rollout.analysis.checks.latency.quantile
-    requests = f"sum(increase(bentoml_service_request_total{{{api}}}[{w}]))"
+
+    def bento(selector_: str, rng: int, by_le: bool = False) -> str:
+        inner = f"increase({selector_}[{rng}s])"
+        if version:
+            inner = f"({inner} and on(instance) max_over_time(fraud_model_predictions_total{{{v}}}[{rng}s]))"
+        return f"sum by (le) ({inner})" if by_le else f"sum({inner})"
+
+    rollout, step = r.rollout, r.step
     return {
-        "requests": requests,
-        # 503 is load shedding (the service tells clients to retry), not a model error.
-        "errors": f'sum(increase(bentoml_service_request_total{{{api},http_response_code=~"5..",'
-        f'http_response_code!="503"}}[{w}])) or vector(0)',
-        "latency": f"histogram_quantile({q}, sum by (le) "
-        f"(rate(bentoml_service_request_duration_seconds_bucket{{{api}}}[{w}])))",
-        "predictions": f"sum(increase(fraud_model_predictions_total{{{s}}}[{w}]))",
-        "flagged": f'sum(increase(fraud_model_decisions_total{{{s},decision="flag"}}[{w}])) or vector(0)',
-        "rejected": f"sum(increase(fraud_model_rejected_inputs_total{{{s}}}[{w}])) or vector(0)",
-        "scores": f"sum by (le) (increase(fraud_model_score_bucket{{{s}}}[{w}]))",
+        "requests": bento(f"bentoml_service_request_total{{{api}}}", rollout),
+        # 503 is load shedding (the service tells clients to retry), judged by shedRate, not a model error.
+        "errors": bento(
+            f'bentoml_service_request_total{{{api},http_response_code=~"5..",http_response_code!="503"}}', rollout
+        )
+        + " or vector(0)",
+        "shed": f"sum(increase(fraud_model_shed_requests_total{{{v}}}[{rollout}s])) or vector(0)",
+        # Answers only: shed requests are answered at once and would pull the quantile down.
+        "latency": bento(
+            f'bentoml_service_request_duration_seconds_bucket{{{api},http_response_code=~"2.."}}', step, True
+        ),
+        "predictions": f"sum(increase(fraud_model_predictions_total{{{v}}}[{rollout}s]))",
+        "flagged": f'sum(increase(fraud_model_decisions_total{{{v},decision="flag"}}[{rollout}s])) or vector(0)',
+        "rejected": f"sum(increase(fraud_model_rejected_inputs_total{{{v}}}[{rollout}s])) or vector(0)",
+        "scores": f"sum by (le) (increase(fraud_model_score_bucket{{{v}}}[{rollout}s]))",
     }
 
 
-def custom_query(fm: FraudModel, template: str) -> str:
+def custom_query(fm: FraudModel, template: str, ranges: Ranges | None = None) -> str:
     values = {
         "track": "canary",
         "name": fm.metadata.name,
         "namespace": fm.metadata.namespace,
-        "window": fm.spec.rollout.analysis.window,
+        "version": track_version(fm, "canary") or "",
+        "window": f"{(ranges or Ranges(60, 60)).rollout}s",
     }
     for name, value in values.items():
         template = template.replace("{{" + name + "}}", value)
@@ -81,38 +154,70 @@ def custom_query(fm: FraudModel, template: str) -> str:
 
 @dataclass(frozen=True)
 class TrackMeasures:
-    """What one track did in the window; None where the query returned nothing."""
+    """What one track did over the evidence range; None where the query returned nothing."""
 
     requests: float | None = None
     errors: float | None = None
-    latency: float | None = None
+    shed: float | None = None
+    latency: Histogram = ()  # answered requests' durations, cumulative (le, count)
     predictions: float | None = None
     flagged: float | None = None
     rejected: float | None = None
-    scores: tuple[tuple[float, float], ...] = ()  # cumulative (le, count), ascending le
+    scores: Histogram = ()
     error: str | None = None  # why the track could not be measured
 
 
-def psi(
-    canary: tuple[tuple[float, float], ...], stable: tuple[tuple[float, float], ...]
-) -> tuple[float, float, int] | None:
-    """PSI of two cumulative histograms over the same buckets: (bias-corrected, raw, bins used),
-    or None when too few requests fall outside the busiest bucket to compare distributions.
+@dataclass(frozen=True)
+class Context:
+    """What the rules need beyond the measures: the canary's decision threshold and the looks
+    each check has spent so far on this revision (alpha spending)."""
 
-    Adjacent buckets are merged until each holds at least PSI_MIN_EXPECTED requests of the
-    smaller track (expected from both tracks pooled): a fraud score piles up near 0, and a
-    bucket holding one canary request against none of the stable's would alone add a PSI
-    of ~0.02. On what is left, sampling noise still gives a PSI near
-    (bins - 1) x (1/n_canary + 1/n_stable); that expected noise is subtracted, so a
-    low-traffic step is not failed by chance. More traffic means more bins, finer drift.
+    threshold: float = 0.5
+    looks: Mapping[str, int] = field(default_factory=dict)
+
+
+def _bins(cumulative: Histogram) -> dict[float, float]:
+    out: dict[float, float] = {}
+    previous = 0.0
+    for le, count in sorted(cumulative):
+        out[le] = max(count - previous, 0.0)
+        previous = max(count, previous)
+    return out
+
+
+def shared_bins(canary: Histogram, stable: Histogram) -> list[tuple[float, float, float]]:
+    """`(le, canary, stable)` counts per bin over the bucket bounds both tracks export: a bound only
+    one side has is merged into the next shared one, so two layouts of one distribution compare equal."""
+    c_cum, s_cum = dict(canary), dict(stable)
+    shared = sorted(set(c_cum) & set(s_cum))
+    out: list[tuple[float, float, float]] = []
+    c_prev = s_prev = 0.0
+    for le in shared:
+        c_now, s_now = max(c_cum[le], c_prev), max(s_cum[le], s_prev)
+        out.append((le, c_now - c_prev, s_now - s_prev))
+        c_prev, s_prev = c_now, s_now
+    return out
+
+
+def psi(canary: Histogram, stable: Histogram) -> tuple[float, float, int] | None:
+    """PSI of two cumulative histograms over their shared bucket bounds: (bias-corrected, raw, bins
+    used), or None when too few requests fall outside the busiest bins to compare distributions.
+
+    Adjacent bins are merged until each holds at least PSI_MIN_EXPECTED requests of the
+    smaller track (expected from both tracks pooled): a bin holding one canary request
+    against none of the stable's would alone add a PSI of ~0.02. On what is left, sampling
+    noise still gives a PSI near (bins - 1) x (1/n_canary + 1/n_stable); that expected noise
+    is subtracted, so a low-traffic step is not failed by chance.
     """
-    c_bins, s_bins = _bins(canary), _bins(stable)
-    n_c, n_s = sum(c_bins.values()), sum(s_bins.values())
+    bins = shared_bins(canary, stable)
+    n_c, n_s = sum(c for _, c, _ in bins), sum(s for _, _, s in bins)
+    if n_c <= 0 or n_s <= 0:
+        return None
     merged: list[tuple[float, float]] = []  # (canary count, stable count) per merged bin
     c_acc = s_acc = 0.0
-    for le in sorted(set(c_bins) | set(s_bins)):
-        c_acc += c_bins.get(le, 0.0)
-        s_acc += s_bins.get(le, 0.0)
+    for _, c_count, s_count in bins:
+        c_acc += c_count
+        s_acc += s_count
         if (c_acc + s_acc) / (n_c + n_s) * min(n_c, n_s) >= PSI_MIN_EXPECTED:
             merged.append((c_acc, s_acc))
             c_acc = s_acc = 0.0
@@ -130,23 +235,95 @@ def psi(
     return max(raw - noise, 0.0), raw, len(merged)
 
 
-def _bins(cumulative: tuple[tuple[float, float], ...]) -> dict[float, float]:
-    out: dict[float, float] = {}
-    previous = 0.0
-    for le, count in sorted(cumulative):
-        out[le] = max(count - previous, 0.0)
-        previous = max(count, previous)
-    return out
+def exceedance(histogram: Histogram, edge: float) -> tuple[float, float]:
+    """`(above, total)`: requests whose score exceeds `edge` (a bucket bound), and all requests."""
+    cum = dict(histogram)
+    total = max((c for le, c in histogram if math.isinf(le)), default=max(cum.values(), default=0.0))
+    return max(total - cum.get(edge, 0.0), 0.0), total
 
 
-def _rate(part: float | None, whole: float | None) -> float | None:
-    if part is None or whole is None or whole <= 0:
+def quantile(histogram: Histogram, q: float) -> tuple[float, float] | None:
+    """`(value, count)` of quantile `q` from cumulative buckets, interpolated as Prometheus does;
+    value is the largest finite bound (a lower bound) when the quantile lies in the +Inf bucket."""
+    if not histogram:
         return None
-    return part / whole
+    total = histogram[-1][1]
+    if total <= 0:
+        return None
+    rank = q * total
+    prev_le, prev_count = 0.0, 0.0
+    for le, count in histogram:
+        if count >= rank:
+            if math.isinf(le):
+                return prev_le, total
+            if count == prev_count:
+                return le, total
+            return prev_le + (le - prev_le) * (rank - prev_count) / (count - prev_count), total
+        prev_le, prev_count = le, count
+    return prev_le, total
 
 
-def _inconclusive(name: str, threshold: str, why: str, samples: int | None = None) -> CheckResult:
-    return CheckResult(name=name, verdict=Verdict.INCONCLUSIVE, threshold=threshold, message=why, samples=samples)
+# ---------------------------------------------------------------- the rules
+
+
+def _finite(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
+
+
+def _inconclusive(name: str, threshold: str, why: str, samples: int | None = None, looks: int = 0) -> CheckResult:
+    return CheckResult(
+        name=name, verdict=Verdict.INCONCLUSIVE, threshold=threshold, message=why, samples=samples, looks=looks
+    )
+
+
+def _ratio_could_decide(x: float, n_c: float, n_s: float, low: float, high: float, alpha: float) -> bool:
+    """Whether an interval on the rate ratio could be conclusive with `x` events in all, at these
+    exposures: Pass if the events split as the middle of the bounds expects, or Fail if the canary
+    had none of them (a canary that stopped flagging). It depends on the totals only, never on how
+    the events split, so counting looks by it keeps alpha spending valid."""
+    if x <= 0:
+        return False
+    scale = n_s / n_c
+    middle = math.sqrt(low * high) if low > 0 else high / 2
+    expected = round(x * middle * n_c / (middle * n_c + n_s))
+    lo, hi = clopper_pearson(expected, round(x), alpha)
+    if low <= lo / (1 - lo) * scale and hi < 1 and hi / (1 - hi) * scale <= high:
+        return True
+    upper_if_none = 1 - alpha ** (1 / round(x)) if round(x) >= 1 else 1.0  # Clopper-Pearson with 0 events
+    return upper_if_none / (1 - upper_if_none) * scale < low
+
+
+@dataclass(frozen=True)
+class RatioOutcome:
+    verdict: Verdict
+    ratio: float | None
+    lower: float
+    upper: float
+    looks: int
+
+
+def ratio_test(
+    k_c: float, n_c: float, k_s: float, n_s: float, low: float, high: float, alpha: float, looks: int
+) -> RatioOutcome | None:
+    """The canary/stable rate ratio against [low, high], on the (looks + 1)-th look if it could decide
+    now (else None: not a look). Pass when the interval is inside, Fail when wholly outside."""
+    k = looks + 1
+    a = look_alpha(alpha, k)
+    if not _ratio_could_decide(k_c + k_s, n_c, n_s, low, high, a):
+        return None
+    ratio, lower, upper = rate_ratio_interval(k_c, n_c, k_s, n_s, a)
+    if low <= lower and upper <= high:
+        verdict = Verdict.PASS
+    elif upper < low or lower > high:
+        verdict = Verdict.FAIL
+    else:
+        verdict = Verdict.INCONCLUSIVE
+    return RatioOutcome(verdict, ratio, lower, upper, k)
+
+
+def _interval_text(lower: float, upper: float, digits: str = ".2f") -> str:
+    high = "inf" if math.isinf(upper) else format(upper, digits)
+    return f"{format(lower, digits)}-{high}"
 
 
 def assess(
@@ -154,9 +331,12 @@ def assess(
     canary: TrackMeasures,
     stable: TrackMeasures,
     custom: Mapping[str, float | str | None] | None = None,
+    context: Context | None = None,
 ) -> list[CheckResult]:
     """Judge every enabled check. Pure. Too few samples or missing data is Inconclusive, never Pass."""
+    ctx = context or Context()
     checks = spec.checks
+    alpha = spec.alpha
     results: list[CheckResult] = []
     samples = int(canary.requests) if canary.requests is not None else None
     problem = canary.error or stable.error
@@ -166,51 +346,74 @@ def assess(
         f"(minSamples {spec.min_samples})"
     )
 
+    def looks_of(name: str) -> int:
+        return int(ctx.looks.get(name, 0))
+
     def guard(name: str, threshold: str) -> CheckResult | None:
         if problem:
-            return _inconclusive(name, threshold, problem, samples)
+            return _inconclusive(name, threshold, problem, samples, looks_of(name))
         if few:
-            return _inconclusive(name, threshold, why_few, samples)
+            return _inconclusive(name, threshold, why_few, samples, looks_of(name))
         return None
 
     def share_check(name: str, c_part: float | None, s_part: float | None, max_delta: float, what: str) -> CheckResult:
-        """A share of requests (errors, rejections) that may exceed the stable's by `max_delta`."""
-        c, s = _rate(c_part, canary.requests), _rate(s_part, stable.requests)
-        limit = None if s is None else s + max_delta
-        threshold = f"<= stable + {max_delta}" if limit is None else f"<= {limit:.4g}"
+        """A share of requests (errors, rejections, shed) that may exceed the stable's by `max_delta`:
+        Pass when the interval's upper end of (canary share - stable share) is <= max_delta, Fail when
+        its lower end is above it."""
+        threshold = f"<= stable + {max_delta:g}"
         if (result := guard(name, threshold)) is not None:
             return result
-        if c is None or s is None or limit is None:
-            return _inconclusive(name, threshold, "no request counts", samples)
-        ok = c <= limit
+        n_c, n_s = canary.requests or 0.0, stable.requests or 0.0
+        if c_part is None or s_part is None or n_c <= 0 or n_s <= 0:
+            return _inconclusive(name, threshold, "no request counts", samples, looks_of(name))
+        k = looks_of(name) + 1
+        z = z_of(look_alpha(alpha, k))
+        c_part, s_part = min(max(c_part, 0.0), n_c), min(max(s_part, 0.0), n_s)
+        delta, lower, upper = newcombe(c_part, n_c, s_part, n_s, z)
+        c, s = c_part / n_c, s_part / n_s
+        if upper <= max_delta:
+            verdict = Verdict.PASS
+        elif lower > max_delta:
+            verdict = Verdict.FAIL
+        else:
+            verdict = Verdict.INCONCLUSIVE
+        message = (
+            f"canary {what} {c:.2%}, stable {s:.2%}: difference {delta:+.2%} "
+            f"(interval {lower:+.2%} to {upper:+.2%}, look {k})"
+        )
         return CheckResult(
             name=name,
-            verdict=Verdict.PASS if ok else Verdict.FAIL,
+            verdict=verdict,
             value=c,
             baseline=s,
             threshold=threshold,
             samples=samples,
-            message="" if ok else f"canary {what} {c:.2%} vs stable {s:.2%}",
+            looks=k,
+            message=message,
         )
 
     if checks.error_rate.enabled:
         results.append(share_check("errorRate", canary.errors, stable.errors, checks.error_rate.max_delta, "5xx rate"))
+    if checks.shed_rate.enabled:
+        results.append(share_check("shedRate", canary.shed, stable.shed, checks.shed_rate.max_delta, "shed rate"))
 
     def latency_check(lat: LatencyCheck) -> CheckResult:
         q_name = f"p{round(lat.quantile * 100, 2):g}"
-        c, s = canary.latency, stable.latency
+        c_q, s_q = quantile(canary.latency, lat.quantile), quantile(stable.latency, lat.quantile)
+        s = s_q[0] if s_q else None
         limit = None if s is None else max(s * lat.max_ratio, s + lat.tolerance_seconds)
         if lat.max_seconds is not None:
             limit = lat.max_seconds if limit is None else min(limit, lat.max_seconds)
-        threshold = f"<= {limit:.4g}s" if limit is not None else f"<= stable x {lat.max_ratio}"
+        threshold = f"<= {limit:.4g}s" if limit is not None else f"<= stable x {lat.max_ratio:g}"
         if (result := guard("latency", threshold)) is not None:
             return result
-        if min(canary.requests or 0, stable.requests or 0) * (1 - lat.quantile) < MIN_TAIL_SAMPLES:
-            needed = math.ceil(MIN_TAIL_SAMPLES / (1 - lat.quantile))
-            why = f"{q_name} needs {needed} requests per track in the window for {MIN_TAIL_SAMPLES} beyond it"
-            return _inconclusive("latency", threshold, why, samples)
-        if c is None or limit is None or math.isnan(c) or (s is not None and math.isnan(s)):
+        if c_q is None or limit is None or s_q is None:
             return _inconclusive("latency", threshold, "no latency histogram", samples)
+        c, c_n = c_q
+        if min(c_n, s_q[1]) * (1 - lat.quantile) < MIN_TAIL_SAMPLES:
+            needed = math.ceil(MIN_TAIL_SAMPLES / (1 - lat.quantile))
+            why = f"{q_name} needs {needed} answered requests per track in the step for {MIN_TAIL_SAMPLES} beyond it"
+            return _inconclusive("latency", threshold, why, samples)
         ok = c <= limit
         return CheckResult(
             name="latency",
@@ -219,41 +422,23 @@ def assess(
             baseline=s,
             threshold=threshold,
             samples=samples,
-            message="" if ok else f"canary {q_name} {c * 1000:.1f}ms vs stable {(s or 0) * 1000:.1f}ms",
+            message=f"canary {q_name} {c * 1000:.1f}ms vs stable {(s or 0) * 1000:.1f}ms",
         )
 
     if checks.latency.enabled:
         results.append(latency_check(checks.latency))
 
-    def drift_check(max_psi: float) -> CheckResult:
-        threshold = f"<= {max_psi}"
-        if (result := guard("scoreDrift", threshold)) is not None:
-            return result
-        if not canary.scores or not stable.scores or canary.scores[-1][1] <= 0 or stable.scores[-1][1] <= 0:
-            return _inconclusive("scoreDrift", threshold, "no score histogram", samples)
-        measured = psi(canary.scores, stable.scores)
-        if measured is None:
-            why = f"fewer than {PSI_MIN_EXPECTED:g} requests per track outside the busiest score bins"
-            return _inconclusive("scoreDrift", threshold, why, samples)
-        value, raw, bins = measured
-        return CheckResult(
-            name="scoreDrift",
-            verdict=Verdict.PASS if value <= max_psi else Verdict.FAIL,
-            value=value,
-            threshold=threshold,
-            samples=samples,
-            message=f"PSI {value:.3f} over {bins} bins (raw {raw:.3f} before removing sampling noise)",
-        )
-
     if checks.score_drift.enabled:
-        results.append(drift_check(checks.score_drift.max_psi))
+        results.append(_drift(spec, canary, stable, ctx, samples, guard))
 
     if checks.flag_rate.enabled:
         fr = checks.flag_rate
         threshold = f"in [{fr.min_ratio}, {fr.max_ratio}]"
         result = guard("flagRate", threshold)
         if result is None:
-            result = _flag_rate(canary, stable, fr.min_ratio, fr.max_ratio, threshold, samples)
+            result = _flag_rate(
+                canary, stable, fr.min_ratio, fr.max_ratio, threshold, samples, alpha, looks_of("flagRate")
+            )
         results.append(result)
 
     if checks.input_rejection.enabled:
@@ -264,58 +449,140 @@ def assess(
         bounds = " and ".join(
             b
             for b in (
-                f">= {check.min}" if check.min is not None else "",
-                f"<= {check.max}" if check.max is not None else "",
+                f">= {check.min:g}" if check.min is not None else "",
+                f"<= {check.max:g}" if check.max is not None else "",
             )
             if b
         )
         measured = (custom or {}).get(check.name)
-        if isinstance(measured, str):
+        if (result := guard(check.name, bounds)) is not None:
+            results.append(result)
+        elif isinstance(measured, str):
             results.append(_inconclusive(check.name, bounds, measured, samples))
         elif measured is None or math.isnan(measured):
             results.append(_inconclusive(check.name, bounds, "query returned no data", samples))
         else:
             ok = (check.min is None or measured >= check.min) and (check.max is None or measured <= check.max)
+            if not ok:
+                verdict = Verdict.FAIL
+            elif math.isfinite(measured):
+                verdict = Verdict.PASS
+            else:  # +Inf inside a one-sided bound: never a pass (e.g. a quantile beyond the last bucket)
+                verdict = Verdict.INCONCLUSIVE
             results.append(
                 CheckResult(
                     name=check.name,
-                    verdict=Verdict.PASS if ok else Verdict.FAIL,
-                    value=measured,
+                    verdict=verdict,
+                    value=_finite(measured),
                     threshold=bounds,
                     samples=samples,
+                    message="" if math.isfinite(measured) else f"query returned {measured}",
                 )
             )
     return results
 
 
-def _flag_rate(
-    canary: TrackMeasures, stable: TrackMeasures, low: float, high: float, threshold: str, samples: int | None
+def _drift(
+    spec: AnalysisSpec,
+    canary: TrackMeasures,
+    stable: TrackMeasures,
+    ctx: Context,
+    samples: int | None,
+    guard: Callable[[str, str], CheckResult | None],
 ) -> CheckResult:
-    """Ratio of flag rates with a 95% interval on its log: Fail only when the whole interval is out of bounds."""
-    n_c, n_s = canary.predictions, stable.predictions
-    if not n_c or not n_s or canary.flagged is None or stable.flagged is None:
-        return _inconclusive("flagRate", threshold, "no decision counts", samples)
-    # Laplace smoothing keeps the ratio finite when a track flagged nothing.
-    p_c = (canary.flagged + 1) / (n_c + 2)
-    p_s = (stable.flagged + 1) / (n_s + 2)
-    ratio = p_c / p_s
-    se = math.sqrt(max((1 - p_c) / ((n_c + 2) * p_c) + (1 - p_s) / ((n_s + 2) * p_s), 0.0))
-    lower, upper = ratio * math.exp(-Z95 * se), ratio * math.exp(Z95 * se)
-    detail = f"canary flags {p_c:.2%}, stable {p_s:.2%}: ratio {ratio:.2f} (95% {lower:.2f}-{upper:.2f})"
-    if low <= ratio <= high:
-        verdict = Verdict.PASS
-    elif lower > high or upper < low:
+    """PSI over shared bucket bounds, plus the share of scores above the bound nearest half the
+    decision threshold (the near-misses) compared as a rate ratio with the flag-rate bounds:
+    a shift that has not yet moved flags is still seen where it will."""
+    max_psi = spec.checks.score_drift.max_psi
+    fr = spec.checks.flag_rate
+    threshold = f"<= {max_psi:g}"
+    if (result := guard("scoreDrift", threshold)) is not None:
+        return result
+    looks = int(ctx.looks.get("scoreDrift", 0))
+    if not canary.scores or not stable.scores or canary.scores[-1][1] <= 0 or stable.scores[-1][1] <= 0:
+        return _inconclusive("scoreDrift", threshold, "no score histogram", samples, looks)
+    shared = [le for le, _, _ in shared_bins(canary.scores, stable.scores) if not math.isinf(le)]
+    measured = psi(canary.scores, stable.scores)
+    near = [le for le in shared if le <= ctx.threshold / 2]
+    tail: RatioOutcome | None = None
+    tail_text = ""
+    if near:
+        edge = near[-1]
+        above_c, n_c = exceedance(canary.scores, edge)
+        above_s, n_s = exceedance(stable.scores, edge)
+        if n_c > 0 and n_s > 0:
+            tail = ratio_test(above_c, n_c, above_s, n_s, fr.min_ratio, fr.max_ratio, spec.alpha, looks)
+            if tail is not None:
+                ratio = "n/a" if tail.ratio is None else f"{tail.ratio:.2f}"
+                tail_text = (
+                    f"; scores > {edge:g}: canary {above_c / n_c:.2%}, stable {above_s / n_s:.2%}, "
+                    f"ratio {ratio} ({_interval_text(tail.lower, tail.upper)})"
+                )
+    if measured is None:
+        if tail is not None and tail.verdict == Verdict.FAIL:
+            return CheckResult(
+                name="scoreDrift",
+                verdict=Verdict.FAIL,
+                threshold=threshold,
+                samples=samples,
+                looks=tail.looks,
+                message=f"too few scores outside the busiest bins for PSI{tail_text}",
+            )
+        why = f"fewer than {PSI_MIN_EXPECTED:g} requests per track outside the busiest score bins"
+        return _inconclusive("scoreDrift", threshold, why, samples, looks)
+    value, raw, bins = measured
+    if value > max_psi or (tail is not None and tail.verdict == Verdict.FAIL):
         verdict = Verdict.FAIL
+    elif tail is not None and tail.verdict == Verdict.PASS:
+        verdict = Verdict.PASS
     else:
         verdict = Verdict.INCONCLUSIVE
-        detail += ": outside bounds but not yet significant"
+    if tail is None and near:
+        tail_text = "; too few scores near the threshold to compare yet"
     return CheckResult(
-        name="flagRate",
+        name="scoreDrift",
         verdict=verdict,
-        value=ratio,
-        baseline=p_s,
+        value=value,
         threshold=threshold,
         samples=samples,
+        looks=tail.looks if tail is not None else looks,
+        message=f"PSI {value:.3f} over {bins} bins (raw {raw:.3f} before removing sampling noise){tail_text}",
+    )
+
+
+def _flag_rate(
+    canary: TrackMeasures,
+    stable: TrackMeasures,
+    low: float,
+    high: float,
+    threshold: str,
+    samples: int | None,
+    alpha: float,
+    looks: int,
+) -> CheckResult:
+    """Ratio of flag rates with an exact interval (alpha spent over looks): Pass only inside the bounds."""
+    n_c, n_s = canary.predictions, stable.predictions
+    if not n_c or not n_s or canary.flagged is None or stable.flagged is None:
+        return _inconclusive("flagRate", threshold, "no decision counts", samples, looks)
+    k_c, k_s = max(canary.flagged, 0.0), max(stable.flagged, 0.0)
+    rates = f"canary flags {k_c / n_c:.2%} of {int(n_c)}, stable {k_s / n_s:.2%} of {int(n_s)}"
+    outcome = ratio_test(k_c, n_c, k_s, n_s, low, high, alpha, looks)
+    if outcome is None:
+        return _inconclusive(
+            "flagRate", threshold, f"{rates}: too few flags ({int(k_c + k_s)}) to decide yet", samples, looks
+        )
+    ratio = "n/a" if outcome.ratio is None else f"{outcome.ratio:.2f}"
+    detail = f"{rates}: ratio {ratio} (interval {_interval_text(outcome.lower, outcome.upper)}, look {outcome.looks})"
+    if outcome.verdict == Verdict.INCONCLUSIVE:
+        detail += ": interval not yet inside or outside the bounds"
+    return CheckResult(
+        name="flagRate",
+        verdict=outcome.verdict,
+        value=_finite(outcome.ratio),
+        baseline=k_s / n_s,
+        threshold=threshold,
+        samples=samples,
+        looks=outcome.looks,
         message=detail,
     )
 
@@ -330,6 +597,37 @@ def overall(results: list[CheckResult]) -> Verdict:
     return Verdict.PASS
 
 
+def previous_looks(fm: FraudModel) -> dict[str, int]:
+    """Looks each check has spent on the running canary revision (from the last analysis of it)."""
+    last, canary = fm.status.last_analysis, fm.status.canary
+    if last is None or canary is None or last.revision is None or last.revision != canary.revision:
+        return {}
+    return {c.name: c.looks for c in last.checks if c.looks}
+
+
+def judge(
+    fm: FraudModel,
+    canary: TrackMeasures,
+    stable: TrackMeasures,
+    custom: Mapping[str, float | str | None],
+    now: datetime,
+) -> AnalysisStatus:
+    """The analysis of a running canary from its measures. Pure."""
+    spec = fm.spec.rollout.analysis
+    current = fm.status.canary
+    model = current.model if current and current.model else fm.spec.model
+    context = Context(threshold=model.threshold, looks=previous_looks(fm))
+    results = assess(spec, canary, stable, custom, context)
+    return AnalysisStatus(
+        time=now,
+        step=current.step if current else 0,
+        weight=current.weight if current else 0,
+        revision=current.revision if current else None,
+        verdict=overall(results),
+        checks=results,
+    )
+
+
 # ---------------------------------------------------------------- I/O
 
 
@@ -337,41 +635,40 @@ def _scalar(vector: Vector) -> float | None:
     return vector[0][1] if vector else None
 
 
-async def measure(provider: MetricProvider, fm: FraudModel, track: str) -> TrackMeasures:
-    named = queries(fm, track)
+def _histogram(vector: Vector) -> Histogram:
+    return tuple(sorted((float(labels["le"]), value) for labels, value in vector if "le" in labels))
+
+
+async def measure(provider: MetricProvider, fm: FraudModel, track: str, ranges: Ranges) -> TrackMeasures:
+    named = queries(fm, track, ranges)
     try:
         results = await asyncio.gather(*(provider.query(q) for q in named.values()))
     except ProviderError as exc:
         return TrackMeasures(error=f"metrics unavailable: {exc}")
     by_name = dict(zip(named, results, strict=True))
-    scores = tuple(sorted((float(labels["le"]), value) for labels, value in by_name["scores"] if "le" in labels))
     return TrackMeasures(
         requests=_scalar(by_name["requests"]),
         errors=_scalar(by_name["errors"]),
-        latency=_scalar(by_name["latency"]),
+        shed=_scalar(by_name["shed"]),
+        latency=_histogram(by_name["latency"]),
         predictions=_scalar(by_name["predictions"]),
         flagged=_scalar(by_name["flagged"]),
         rejected=_scalar(by_name["rejected"]),
-        scores=scores,
+        scores=_histogram(by_name["scores"]),
     )
 
 
 async def run_analysis(provider: MetricProvider, fm: FraudModel, now: datetime) -> AnalysisStatus:
-    """Measure both tracks over the same window and judge the canary."""
+    """Measure both tracks over the same ranges and judge the canary."""
     spec = fm.spec.rollout.analysis
-    canary, stable = await asyncio.gather(measure(provider, fm, "canary"), measure(provider, fm, "stable"))
+    ranges = evidence_ranges(fm, now)
+    canary, stable = await asyncio.gather(
+        measure(provider, fm, "canary", ranges), measure(provider, fm, "stable", ranges)
+    )
     custom: dict[str, float | str | None] = {}
     for check in spec.custom:
         try:
-            custom[check.name] = _scalar(await provider.query(custom_query(fm, check.query)))
+            custom[check.name] = _scalar(await provider.query(custom_query(fm, check.query, ranges)))
         except ProviderError as exc:
             custom[check.name] = f"metrics unavailable: {exc}"
-    results = assess(spec, canary, stable, custom)
-    current = fm.status.canary
-    return AnalysisStatus(
-        time=now,
-        step=current.step if current else 0,
-        weight=current.weight if current else 0,
-        verdict=overall(results),
-        checks=results,
-    )
+    return judge(fm, canary, stable, custom, now)

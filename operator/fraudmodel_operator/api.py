@@ -8,6 +8,7 @@ tests); the cluster tier proves both agree on the examples.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -670,11 +671,24 @@ class TrafficRouting(_Model):
 
 
 class ErrorRateCheck(_Model):
-    """Share of 5xx responses (503 load-shedding excluded) of the canary vs the stable."""
+    """Share of 5xx responses (503 load shedding excluded: see shedRate) of the canary vs the stable,
+    over the rollout so far: Pass when the upper end of the interval of (canary share - stable share)
+    is <= maxDelta, Fail when its lower end is above maxDelta, else Inconclusive."""
 
     enabled: bool = Field(default=True, description="Run this check.")
     max_delta: Ratio = Field(
-        default=0.01, description="Fail when canary error rate exceeds the stable's by more than this."
+        default=0.01,
+        description="Largest excess of the canary's 5xx share over the stable's (0.01: one percentage point).",
+    )
+
+
+class ShedRateCheck(_Model):
+    """Share of requests the canary sheds (503 + Retry-After, `fraud_model_shed_requests_total`) vs the
+    stable, judged like errorRate. Shed requests are answered at once, so they also hide from latency."""
+
+    enabled: bool = Field(default=True, description="Run this check.")
+    max_delta: Ratio = Field(
+        default=0.01, description="Largest excess of the canary's shed share over the stable's (0.01: one point)."
     )
 
 
@@ -705,7 +719,11 @@ class LatencyCheck(_Model):
 
 
 class ScoreDriftCheck(_Model):
-    """Population stability index between canary and stable score histograms."""
+    """Score distribution of the canary vs the stable: PSI over the bucket bounds both tracks export
+    (minus the PSI sampling noise alone gives), and the share of scores above the bound nearest half
+    the decision threshold (the near-misses), compared as a rate ratio with flagRate's bounds and
+    interval rule. Fail when PSI > maxPsi or that ratio is surely out of bounds; Pass when PSI <=
+    maxPsi and the ratio is surely within them."""
 
     enabled: bool = Field(default=True, description="Run this check.")
     max_psi: float = Field(
@@ -714,7 +732,11 @@ class ScoreDriftCheck(_Model):
 
 
 class FlagRateCheck(_Model):
-    """Canary flag rate divided by the stable flag rate must stay within bounds."""
+    """Canary flag rate divided by the stable flag rate, over the rollout so far, with an exact
+    interval (the canary's share of all flags is binomial given their total): Pass when the whole
+    interval is within [minRatio, maxRatio], Fail when it is wholly outside, else Inconclusive.
+    A look counts only once the flags could decide, so a canary that flags nothing fails as soon
+    as the stable's flags make that implausible."""
 
     model_config = ConfigDict(
         json_schema_extra=_cel(
@@ -739,23 +761,48 @@ class FlagRateCheck(_Model):
 
 
 class InputRejectionCheck(_Model):
-    """Share of requests the canary rejects as invalid input vs the stable."""
+    """Share of requests the canary rejects as invalid input vs the stable, judged like errorRate."""
 
     enabled: bool = Field(default=True, description="Run this check.")
     max_delta: Ratio = Field(
-        default=0.02, description="Fail when canary rejection rate exceeds the stable's by more than this."
+        default=0.02, description="Largest excess of the canary's rejection share over the stable's."
     )
 
 
 class BuiltinChecks(_Model):
     """The checks every fraud model gets."""
 
-    error_rate: ErrorRateCheck = Field(default_factory=ErrorRateCheck, description="Error-rate check.")
-    latency: LatencyCheck = Field(default_factory=LatencyCheck, description="Latency check.")
-    score_drift: ScoreDriftCheck = Field(default_factory=ScoreDriftCheck, description="Score-drift (PSI) check.")
-    flag_rate: FlagRateCheck = Field(default_factory=FlagRateCheck, description="Flag-rate ratio check.")
+    error_rate: ErrorRateCheck = Field(
+        default_factory=ErrorRateCheck,
+        description="Share of 5xx answers (503 excluded: see shedRate) over the rollout so far. Pass when the "
+        "upper end of the interval of (canary share - stable share) is <= maxDelta, Fail when its lower end is "
+        "above maxDelta (Newcombe's score interval, alpha spent over looks).",
+    )
+    shed_rate: ShedRateCheck = Field(
+        default_factory=ShedRateCheck,
+        description="Share of requests shed with 503 (`fraud_model_shed_requests_total`), judged like errorRate. "
+        "Shed requests are answered at once, so latency reads answered (2xx) requests only.",
+    )
+    latency: LatencyCheck = Field(
+        default_factory=LatencyCheck,
+        description="A quantile of answered (2xx) requests since the step started, canary vs stable.",
+    )
+    score_drift: ScoreDriftCheck = Field(
+        default_factory=ScoreDriftCheck,
+        description="PSI over the score-histogram bounds both tracks export (noise-corrected), plus the share "
+        "of scores above the bound nearest half the threshold, judged with flagRate's bounds and rule.",
+    )
+    flag_rate: FlagRateCheck = Field(
+        default_factory=FlagRateCheck,
+        description="Canary / stable flag rate over the rollout so far, with an exact interval (Clopper-Pearson "
+        "on the canary's share of all flags, mapped to the ratio; alpha spent over looks). Pass when the whole "
+        "interval is inside [minRatio, maxRatio], Fail when wholly outside, else Inconclusive. A look counts "
+        "only once the flags could decide (totals only), so a canary that never flags fails as soon as the "
+        "stable's flags make that implausible.",
+    )
     input_rejection: InputRejectionCheck = Field(
-        default_factory=InputRejectionCheck, description="Input-rejection check."
+        default_factory=InputRejectionCheck,
+        description="Share of requests rejected as invalid input, judged like errorRate.",
     )
 
 
@@ -794,7 +841,10 @@ class CustomCheck(_Model):
     query: str = Field(
         min_length=1,
         max_length=4096,
-        description="PromQL; `{{track}}`, `{{name}}`, `{{namespace}}`, `{{window}}` are substituted "
+        description="PromQL returning one value; `{{track}}` (`canary`), `{{name}}`, `{{namespace}}`, "
+        "`{{version}}` (the canary's model version) and `{{window}}` (the evidence range, e.g. `420s`: since "
+        "the canary started, at most `window`) are substituted. Judged only once both tracks have minSamples "
+        "requests; +Inf or NaN never passes "
         "(`{{track}}` is `canary`).",
     )
     min: float | None = Field(default=None, description="Fail below this value.")
@@ -848,12 +898,23 @@ class AnalysisSpec(_Model):
 
     prometheus: PrometheusSpec = Field(default_factory=PrometheusSpec, description="Metrics source.")
     window: Annotated[Duration, duration_between("1s", "24h")] = Field(
-        default="1m", description="Range of each query, e.g. `1m`."
+        default="2h",
+        description="Longest range of evidence. Each analysis reads everything since the canary revision "
+        "started (latency: since its step started), both tracks over the same range, up to this far back.",
     )
     min_samples: int = Field(
-        default=50,
+        default=100,
         ge=1,
-        description="Requests each track must have served in the window; fewer is inconclusive.",
+        description="Requests each track must have served in the range before any check is judged; fewer is "
+        "inconclusive. Flag-rate and drift checks also wait until their flags could decide (see flagRate).",
+    )
+    alpha: float = Field(
+        default=0.01,
+        gt=0.0,
+        le=0.2,
+        description="Error budget of each check over the whole rollout: a canary exactly at a bound passes "
+        "that check (or one exactly inside fails it) with probability at most alpha, however many analyses "
+        "look. The k-th look of a check uses intervals with error alpha / (k (k + 1)) on each side.",
     )
     failure_limit: int = Field(
         default=2,
@@ -862,7 +923,11 @@ class AnalysisSpec(_Model):
         description="Failed analyses over the rollout that roll back (a Pass does not reset them).",
     )
     inconclusive_limit: int = Field(
-        default=5, ge=1, le=1000, description="Consecutive inconclusive analyses before `onInconclusive`."
+        default=30,
+        ge=1,
+        le=1000,
+        description="Consecutive inconclusive analyses before `onInconclusive`. The default leaves a healthy "
+        "canary at 50 requests per second time to show its flag rate is within bounds (docs/benchmarks.md).",
     )
     on_inconclusive: Literal["Pause", "Rollback"] = Field(
         default="Pause", description="What to do when inconclusiveLimit is reached."
@@ -938,7 +1003,7 @@ class RolloutSpec(_Model):
         default="1m", description="Time at each step before its analysis."
     )
     progress_deadline: Annotated[Duration, duration_between("1s", "168h")] = Field(
-        default="10m",
+        default="30m",
         description="Longest a step may wait for ready canary pods or conclusive analysis before rollback; "
         "longer than `interval`.",
     )
@@ -1074,11 +1139,20 @@ class CheckResult(_Model):
 
     name: str = Field(description="Check name.")
     verdict: Verdict = Field(description="Pass, Fail or Inconclusive.")
-    value: float | None = Field(default=None, description="Measured value (canary).")
+    value: float | None = Field(default=None, description="Measured value (canary); absent when not finite.")
     baseline: float | None = Field(default=None, description="Same measure on the stable track.")
     threshold: str = Field(default="", description="The bound applied, e.g. `<= 0.2`.")
-    samples: int | None = Field(default=None, description="Canary requests in the window.")
-    message: str = Field(default="", description="Why, in words.")
+    samples: int | None = Field(default=None, description="Canary requests in the evidence range.")
+    looks: int = Field(
+        default=0, ge=0, description="Looks this check has spent on this revision (alpha spending), this one included."
+    )
+    message: str = Field(default="", description="Why, in words, with the interval.")
+
+    @field_validator("value", "baseline")
+    @classmethod
+    def _finite_or_absent(cls, value: float | None) -> float | None:
+        # JSON has no Infinity/NaN: written as null they would differ from what the next reconcile computes.
+        return value if value is None or math.isfinite(value) else None
 
 
 class AnalysisStatus(_Model):
@@ -1089,6 +1163,9 @@ class AnalysisStatus(_Model):
     time: datetime | None = Field(default=None, description="When it ran.")
     step: int = Field(default=0, description="Step it judged.")
     weight: int = Field(default=0, description="Canary weight it judged.")
+    revision: str | None = Field(
+        default=None, description="Canary revision it judged (looks carry over only within one revision)."
+    )
     verdict: Verdict = Field(description="Overall verdict.")
     checks: list[CheckResult] = Field(default_factory=list, description="Per-check results.")
 

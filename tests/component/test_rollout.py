@@ -16,22 +16,23 @@ LOW = [8, 6, 5, 4, 3, 2, 2, 1, 1, 1, 0.5, 0.5, 0.5, 0.3, 0.3, 0.2, 0.2, 0.2, 0.2
 
 
 def metrics(flag_rate: dict[str, float]) -> Any:
-    """Prometheus answers: both tracks serve 1000 requests; flag rates per track as given."""
+    """Prometheus answers: both tracks serve 20,000 requests (enough flags for the flag-rate interval
+    to be conclusive at the first look); flag rates per track as given."""
 
     def answer(promql: str) -> Vector:
         track = "canary" if 'track="canary"' in promql else "stable"
-        n = 1000.0
+        n = 20_000.0
         if "fraud_model_score_bucket" in promql:
             out, running = [], 0.0
             for i, w in enumerate(LOW):
                 running += n * w / sum(LOW)
                 out.append(({"le": str((i + 1) / 20)}, running))
             return [*out, ({"le": "+Inf"}, running)]
-        if "histogram_quantile" in promql:
-            return [({}, 0.01)]
+        if "request_duration_seconds_bucket" in promql:
+            return [({"le": "0.01"}, n * 0.9), ({"le": "0.025"}, n), ({"le": "+Inf"}, n)]
         if 'decision="flag"' in promql:
             return [({}, n * flag_rate[track])]
-        if "http_response_code" in promql or "rejected" in promql:
+        if "http_response_code" in promql or "rejected" in promql or "shed" in promql:
             return [({}, 0.0)]
         return [({}, n)]  # requests, predictions
 

@@ -173,13 +173,13 @@ CASES = [
     Case(
         "inconclusive-holds-never-passes",
         running(),
-        Hold("analysis inconclusive (1/5)"),
+        Hold("analysis inconclusive (1/30)"),
         analysis=analysis(Verdict.INCONCLUSIVE),
     ),
     Case(
         "inconclusive-limit-pauses",
-        running(inconclusive_checks=4),
-        Pause("5 inconclusive analyses in a row at 10%"),
+        running(inconclusive_checks=29),
+        Pause("30 inconclusive analyses in a row at 10%"),
         analysis=analysis(Verdict.INCONCLUSIVE),
     ),
     Case(
