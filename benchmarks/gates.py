@@ -13,9 +13,9 @@ Canaries: flag-rate ratios 0 (never flags, scores unchanged: a decision bug), 0.
 (scores shifted so that exactly that share crosses the threshold), +1 and +5 percentage
 points of 5xx, +20 ms on every answer, 30% of requests shed (503, answered in 0.5 ms).
 
-Printed per canary and rate: P(promoted), P(rolled back), P(paused at some point: a human
-was called), P(neither within --hours), and the median minutes from the canary's start to
-promotion or rollback.
+Printed per canary and rate: P(promoted), P(rolled back), P(paused: a human was called; the
+rollout ends there unless --through-pauses), P(neither promoted nor rolled back), and the
+median minutes from the canary's start to promotion or rollback.
 """
 
 from __future__ import annotations
@@ -306,7 +306,14 @@ class Result:
     paused: bool = False  # the phase was Paused at some point (a human was called)
 
 
-async def rollout(canary: Canary, rps: float, seed: int, hours: float, spec: dict[str, Any] | None = None) -> Result:
+async def rollout(
+    canary: Canary,
+    rps: float,
+    seed: int,
+    hours: float,
+    spec: dict[str, Any] | None = None,
+    through_pauses: bool = False,
+) -> Result:
     stable_model = TrackModel.of(BASE_FLAG_RATE, 0.0, 0.0, 0.0, False)
     canary_model = TrackModel.of(
         BASE_FLAG_RATE * canary.flag_ratio, canary.extra_errors, canary.extra_latency, canary.shed, canary.never_flags
@@ -335,6 +342,8 @@ async def rollout(canary: Canary, rps: float, seed: int, hours: float, spec: dic
         if status.phase == Phase.ROLLED_BACK:
             return Result("RolledBack", t / 60, status.history[0].reason if status.history else "", paused)
         paused = paused or status.phase == Phase.PAUSED
+        if paused and not through_pauses:  # held for a human: nothing more happens on its own
+            return Result("Undecided", t / 60, status.message, paused)
     return Result("Undecided", end / 60, fm.status.message, paused)
 
 
@@ -393,13 +402,16 @@ async def simulate(
     seeds: int,
     hours: float,
     spec: dict[str, Any] | None = None,
-    first_seed: int = 0,
+    through_pauses: bool = False,
+    progress: bool = False,
 ) -> list[Row]:
     rows = []
     for canary in selected:
         for rps in rates:
-            results = [await rollout(canary, rps, first_seed + seed, hours, spec) for seed in range(seeds)]
+            results = [await rollout(canary, rps, seed, hours, spec, through_pauses) for seed in range(seeds)]
             rows.append(Row(canary, rps, results))
+            if progress:
+                print(table(rows[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
     return rows
 
 
@@ -424,11 +436,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--canary", nargs="+", help="only these canaries (names as printed)")
     parser.add_argument("--hours", type=float, default=3.0, help="simulated time before a rollout counts as neither")
     parser.add_argument("--rollout", type=json.loads, default={}, help="spec.rollout overrides, JSON")
+    parser.add_argument(
+        "--through-pauses",
+        action="store_true",
+        help="keep analysing a Paused rollout (the operator before Pause became sticky did); "
+        "by default a Pause ends the rollout as neither: it waits for a human",
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     selected = [c for c in canaries() if not args.canary or c.name in args.canary]
     started = time.monotonic()
-    rows = asyncio.run(simulate(selected, args.rps, args.seeds, args.hours, args.rollout))
+    rows = asyncio.run(
+        simulate(selected, args.rps, args.seeds, args.hours, args.rollout, args.through_pauses, progress=True)
+    )
     if args.json:
         print(json.dumps([r.as_dict() for r in rows], indent=2))
     else:

@@ -45,6 +45,50 @@ MODELS: dict[str, list[str]] = {
 }
 
 
+@dataclass(frozen=True)
+class Scenario:
+    """A canary the tiers, the demo and the benchmarks can roll out: a trained model (MODELS) served
+    under its own version label, with bento settings; `flag_ratio` serves it at the threshold that
+    flags that share of what the model flags at 0.5 (found by scoring traffic, see `calibrate`)."""
+
+    model: str
+    env: dict[str, str] = field(default_factory=dict)
+    flag_ratio: float | None = None
+
+
+SCENARIOS: dict[str, Scenario] = {
+    "v2": Scenario("v2"),
+    "v2-miscalibrated": Scenario("v2-miscalibrated"),
+    # The same model and ranking with a higher threshold: half as many transactions flagged.
+    "v2-half-flags": Scenario("v1", flag_ratio=0.5),
+    # A model that cannot keep up: one request at a time, 40 ms each; the rest is shed with 503.
+    "v2-shedding": Scenario("v2", {"FRAUDMODEL_MAX_INFLIGHT": "1", "FRAUDMODEL_FAULT_DELAY_MS": "40"}),
+}
+
+
+def threshold_for(scores: list[float], ratio: float, threshold: float = 0.5) -> float:
+    """The threshold that flags `ratio` times as many of `scores` as `threshold` does."""
+    ranked = sorted(scores, reverse=True)
+    flagged = sum(s >= threshold for s in ranked)
+    want = round(flagged * ratio)
+    if want <= 0:
+        return 1.0
+    return (ranked[want - 1] + ranked[want]) / 2 if want < len(ranked) else ranked[-1]
+
+
+def calibrate(url: str, bodies: list[dict[str, Any]], ratio: float) -> float:
+    """Score `bodies` on the server at `url` (it must serve the scenario's model) and return the
+    threshold that flags `ratio` times as many of them as 0.5 does."""
+    scores: list[float] = []
+    for i in range(0, len(bodies), 500):
+        answer = httpx.post(f"{url}/predict_batch", json={"transactions": bodies[i : i + 500]}, timeout=30)
+        answer.raise_for_status()
+        body = answer.json()
+        rows = body if isinstance(body, list) else body.get("predictions", [])
+        scores += [float(row["score"]) for row in rows]
+    return threshold_for(scores, ratio)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -125,8 +169,11 @@ class Servers:
     root: Path
     started: list[Server] = field(default_factory=list)
 
-    def start(self, version: str, track: str, name: str = "fraud_detector", **env: str) -> Server:
-        """A server of model `version` as `track`; `env` adds settings (e.g. FRAUDMODEL_FAULT_DELAY_MS)."""
+    def start(
+        self, version: str, track: str, name: str = "fraud_detector", model: str | None = None, **env: str
+    ) -> Server:
+        """A server labelled `version` as `track`, serving the trained `model` (default: `version`);
+        `env` adds settings (e.g. FRAUDMODEL_FAULT_DELAY_MS)."""
         port = free_port()
         # One BENTOML_HOME per server, sharing the model store: BentoML keeps its Prometheus
         # multiprocess files under BENTOML_HOME and wipes them at start, so two servers on one
@@ -143,7 +190,7 @@ class Servers:
             FRAUDMODEL_NAME=name,
             FRAUDMODEL_VERSION=version,
             FRAUDMODEL_TRACK=track,
-            FRAUDMODEL_MODEL_TAG=f"fraud_detector:{version}",
+            FRAUDMODEL_MODEL_TAG=f"fraud_detector:{model or version}",
         )
         cmd = [self.bento.python, "-m", "bentoml", "serve", "fraud_detector.service:FraudDetector"]
         proc = subprocess.Popen(
@@ -158,6 +205,17 @@ class Servers:
         self.started.append(server)
         wait_http(f"{server.url}/readyz", 120, proc)
         return server
+
+    def start_scenario(
+        self, version: str, track: str, bodies: list[dict[str, Any]], calibration_url: str, name: str = "fraud_detector"
+    ) -> Server:
+        """A server of scenario `version` (SCENARIOS) or of the trained model `version`;
+        `calibration_url` serves the scenario's model, to find its threshold (flag_ratio)."""
+        scenario = SCENARIOS.get(version, Scenario(version))
+        env = dict(scenario.env)
+        if scenario.flag_ratio is not None:
+            env["FRAUDMODEL_THRESHOLD"] = f"{calibrate(calibration_url, bodies, scenario.flag_ratio):.6g}"
+        return self.start(version, track, name, scenario.model, **env)
 
     def stop_all(self) -> None:
         for server in self.started:
@@ -271,7 +329,11 @@ def canary_weight(status: dict[str, Any]) -> int:
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--stable", default="v1")
-    parser.add_argument("--canary", default="v2-miscalibrated")
+    parser.add_argument(
+        "--canary",
+        default="v2-miscalibrated",
+        help=f"a model ({', '.join(MODELS)}) or a scenario ({', '.join(SCENARIOS)})",
+    )
     parser.add_argument("--fraudmodel", default="fraud-detector")
     parser.add_argument("--namespace", default="default")
     parser.add_argument("--state", type=Path, required=True, help="directory for Prometheus data and the URL file")
@@ -279,7 +341,7 @@ async def main() -> None:
     parser.add_argument("--seconds", type=float, default=1800.0)
     args = parser.parse_args()
     bento = Bento()
-    bento.train([args.stable, args.canary])
+    bento.train([args.stable, SCENARIOS.get(args.canary, Scenario(args.canary)).model])
     servers = Servers(bento, args.state / "servers")
     prometheus = Prometheus(args.state / "prometheus")
     weight = 0
@@ -297,14 +359,14 @@ async def main() -> None:
             await asyncio.sleep(0.5)
 
     try:
+        bodies = bento.payloads(3000, seed=99)
         stable = servers.start(args.stable, "stable", args.fraudmodel)
-        canary = servers.start(args.canary, "canary", args.fraudmodel)
+        canary = servers.start_scenario(args.canary, "canary", bodies, stable.url, args.fraudmodel)
         prometheus.scrape({"stable": stable.port, "canary": canary.port}, args.fraudmodel, args.namespace)
         prometheus.start()
         (args.state / "prometheus-url").write_text(prometheus.url)
         print(f"data plane up: stable {args.stable} at {stable.url}, canary {args.canary} at {canary.url}, "
               f"Prometheus at {prometheus.url}", flush=True)  # fmt: skip
-        bodies = bento.payloads(3000, seed=99)
         urls = {"stable": stable.url, "canary": canary.url}
         tasks = [
             asyncio.create_task(follow_weight()),

@@ -16,6 +16,9 @@ from statistics import NormalDist
 _NORMAL = NormalDist()
 _CF_EPS = 1e-12
 _CF_TINY = 1e-300
+# Above this many events on both sides, the continuity-corrected Wilson interval stands in for the
+# exact one: its bounds agree with the exact ones to within 1% there, at a fraction of the cost.
+LARGE_COUNTS = 200
 
 
 def look_alpha(alpha: float, look: int) -> float:
@@ -95,6 +98,8 @@ def clopper_pearson(k: float, n: float, alpha: float) -> tuple[float, float]:
     k, n = max(0.0, round(k)), max(0.0, round(n))
     if n <= 0:
         return 0.0, 1.0
+    if min(k, n - k) >= LARGE_COUNTS:
+        return wilson_cc(k, n, z_of(alpha))
     near_lower, near_upper = wilson(k, n, z_of(alpha))  # close to the exact bounds: Newton starts there
     lower = 0.0 if k <= 0 else beta_ppf(alpha, k, n - k + 1, near_lower)
     upper = 1.0 if k >= n else beta_ppf(1.0 - alpha, k + 1, n - k, near_upper)
@@ -110,6 +115,15 @@ def wilson(k: float, n: float, z: float) -> tuple[float, float]:
     centre = (p + z * z / (2 * n)) / denominator
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
     return max(centre - half, 0.0), min(centre + half, 1.0)
+
+
+def wilson_cc(k: float, n: float, z: float) -> tuple[float, float]:
+    """The Wilson score interval with continuity correction (Newcombe 1998, method 4)."""
+    p, q = k / n, 1 - k / n
+    denominator = 2 * (n + z * z)
+    lower = (2 * n * p + z * z - 1 - z * math.sqrt(z * z - 2 - 1 / n + 4 * p * (n * q + 1))) / denominator
+    upper = (2 * n * p + z * z + 1 + z * math.sqrt(z * z + 2 - 1 / n + 4 * p * (n * q - 1))) / denominator
+    return (0.0 if k <= 0 else max(lower, 0.0)), (1.0 if k >= n else min(upper, 1.0))
 
 
 def newcombe(k1: float, n1: float, k2: float, n2: float, z: float) -> tuple[float, float, float]:

@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
-from scripts.dataplane import Bento, Prometheus, Servers, canary_weight, send_traffic
+from scripts.dataplane import SCENARIOS, Bento, Prometheus, Servers, canary_weight, send_traffic
 
 from fraudmodel_operator.api import FraudModel, parse_duration
 from fraudmodel_operator.prometheus import PrometheusProvider
@@ -23,10 +23,12 @@ from tests.kopf_harness import DEPLOYMENTS, FM, Harness, eventually, operator_ha
 
 pytestmark = pytest.mark.integration
 
-RPS = 100  # 20% of it over a 15s window: 300 canary requests, enough for p95 and PSI
+RPS = 100  # 20% of it: 20 canary requests a second, a few hundred per analysis
 
 
-def fraudmodel(version: str, prometheus: str, name: str = "bot") -> dict[str, Any]:
+def fraudmodel(
+    version: str, prometheus: str, name: str = "bot", checks: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """The FraudModel of the real-metrics tiers: two quick steps, judged on `prometheus`."""
     return {
         "apiVersion": "serving.riskml.io/v1alpha1",
@@ -38,11 +40,11 @@ def fraudmodel(version: str, prometheus: str, name: str = "bot") -> dict[str, An
             "rollout": {
                 "steps": [20, 50],
                 "interval": "5s",
-                "progressDeadline": "2m",
+                "progressDeadline": "5m",
                 "analysis": {
                     "prometheus": {"address": prometheus},
-                    "window": "15s",
                     "minSamples": 40,
+                    "checks": checks or {},
                     "failureLimit": 2,
                     "inconclusiveLimit": 100,
                 },
@@ -66,13 +68,21 @@ async def play_deployment_controller(harness: Harness) -> None:
 
 @contextlib.asynccontextmanager
 async def rollout_world(
-    bento: Bento, servers: Servers, prometheus: Prometheus, canary_version: str, **canary_env: str
+    bento: Bento,
+    servers: Servers,
+    prometheus: Prometheus,
+    canary_version: str,
+    checks: dict[str, Any] | None = None,
+    **canary_env: str,
 ) -> AsyncIterator[Harness]:
+    bodies = bento.payloads(3000, seed=99)
     stable = servers.start(GOOD, "stable")
-    canary = servers.start(canary_version, "canary", **canary_env)
+    if canary_env:
+        canary = servers.start(canary_version, "canary", model=SCENARIOS[canary_version].model, **canary_env)
+    else:
+        canary = servers.start_scenario(canary_version, "canary", bodies, stable.url)
     prometheus.scrape({"stable": stable.port, "canary": canary.port})
     prometheus.start()
-    bodies = bento.payloads(3000, seed=99)
     http = httpx.AsyncClient()
 
     def provider_for(fm: FraudModel) -> PrometheusProvider:
@@ -91,7 +101,7 @@ async def rollout_world(
             # As in production, Prometheus has history before the rollout starts.
             stable_traffic = 'increase(bentoml_service_request_total{track="stable",endpoint=~"/predict.*"}[15s]) > 0'
             await asyncio.to_thread(prometheus.wait_for_data, stable_traffic)
-            spec = fraudmodel(canary_version, prometheus.url)["spec"]
+            spec = fraudmodel(canary_version, prometheus.url, checks=checks)["spec"]
             await harness.patch(FM, "bot", {"spec": spec, "metadata": {"generation": 2}})
             yield harness
         finally:
@@ -112,7 +122,7 @@ def outcome(harness: Harness) -> str | None:
 
 async def test_healthy_canary_is_promoted(bento: Bento, servers: Servers, prometheus: Prometheus) -> None:
     async with rollout_world(bento, servers, prometheus, GOOD_NEXT) as harness:
-        result = await eventually(lambda: outcome(harness), within=150)
+        result = await eventually(lambda: outcome(harness), within=300)
         status = harness.status("bot")
         assert result == "Promoted", [c for c in status["lastAnalysis"]["checks"] if c["verdict"] != "Pass"]
         checks = {c["name"]: c for c in status["lastAnalysis"]["checks"]}
@@ -122,7 +132,7 @@ async def test_healthy_canary_is_promoted(bento: Bento, servers: Servers, promet
 
 async def test_miscalibrated_canary_is_rolled_back(bento: Bento, servers: Servers, prometheus: Prometheus) -> None:
     async with rollout_world(bento, servers, prometheus, MISCALIBRATED) as harness:
-        result = await eventually(lambda: outcome(harness), within=150)
+        result = await eventually(lambda: outcome(harness), within=300)
         status = harness.status("bot")
         assert result == "RolledBack", status.get("lastAnalysis")
         degraded = next(c for c in status["conditions"] if c["type"] == "Degraded")
@@ -147,7 +157,7 @@ async def test_failing_or_slow_canary_is_rolled_back(
 ) -> None:
     """The same good model, with one fifth of scoring calls failing, or every call 80ms slower."""
     async with rollout_world(bento, servers, prometheus, GOOD_NEXT, **fault) as harness:
-        result = await eventually(lambda: outcome(harness), within=150)
+        result = await eventually(lambda: outcome(harness), within=300)
         status = harness.status("bot")
         assert result == "RolledBack", status.get("lastAnalysis")
         degraded = next(c for c in status["conditions"] if c["type"] == "Degraded")
@@ -156,6 +166,36 @@ async def test_failing_or_slow_canary_is_rolled_back(
         check = failed[reason.removesuffix("Failed")[0].lower() + reason.removesuffix("Failed")[1:]]
         assert check["value"] > check["baseline"], check
         assert set(failed) <= {"errorRate", "latency"}, failed  # the model itself is fine: no drift, no flag change
+
+
+async def test_canary_flagging_half_as_often_is_rolled_back(
+    bento: Bento, servers: Servers, prometheus: Prometheus
+) -> None:
+    """The same model at a threshold that flags half as many transactions: scores unchanged, decisions not.
+    Bounds of a team that tolerates +-20% (at exactly the default 0.5 the canary would be held, not failed)."""
+    bounds = {"flagRate": {"minRatio": 0.8, "maxRatio": 1.25}}
+    async with rollout_world(bento, servers, prometheus, "v2-half-flags", checks=bounds) as harness:
+        result = await eventually(lambda: outcome(harness), within=400)
+        status = harness.status("bot")
+        assert result == "RolledBack", status.get("lastAnalysis")
+        degraded = next(c for c in status["conditions"] if c["type"] == "Degraded")
+        assert degraded["reason"] == "FlagRateFailed", degraded
+        flag = next(c for c in status["lastAnalysis"]["checks"] if c["name"] == "flagRate")
+        assert 0.3 < flag["value"] < 0.7, flag
+        assert status["canary"]["weight"] == 0
+
+
+async def test_canary_shedding_load_is_rolled_back(bento: Bento, servers: Servers, prometheus: Prometheus) -> None:
+    """A canary that serves one request at a time (40 ms each) sheds a third or more of its share with 503."""
+    async with rollout_world(bento, servers, prometheus, "v2-shedding") as harness:
+        result = await eventually(lambda: outcome(harness), within=300)
+        status = harness.status("bot")
+        assert result == "RolledBack", status.get("lastAnalysis")
+        degraded = next(c for c in status["conditions"] if c["type"] == "Degraded")
+        assert degraded["reason"] == "ShedRateFailed", degraded
+        shed = next(c for c in status["lastAnalysis"]["checks"] if c["name"] == "shedRate")
+        assert shed["value"] > 0.1, shed
+        assert shed["baseline"] < 0.01, shed
 
 
 async def test_no_promotion_while_prometheus_is_down(bento: Bento, servers: Servers, prometheus: Prometheus) -> None:
