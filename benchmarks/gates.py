@@ -267,12 +267,9 @@ def _le(le: float) -> str:
 
 
 def analysis_module_quantile(buckets: list[tuple[float, float]], q: float) -> float | None:
-    """Prometheus' histogram_quantile over non-cumulative bucket counts (for the old latency query)."""
-    cumulative, running = [], 0.0
-    for le, count in buckets:
-        running += count
-        cumulative.append((le, running))
-    total = running
+    """Prometheus' histogram_quantile over cumulative bucket counts (for the old latency query)."""
+    cumulative = buckets
+    total = cumulative[-1][1] if cumulative else 0.0
     if total <= 0:
         return None
     rank, prev_le, prev = q * total, 0.0, 0.0

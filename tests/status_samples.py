@@ -242,7 +242,7 @@ async def image_pull_failed(c: Cluster) -> None:
 
 async def image_pull_failed_past_deadline(c: Cluster) -> None:
     await image_pull_failed(c)
-    await c.reconcile(11 * 60)  # progressDeadline 10m
+    await c.reconcile(46 * 60)  # progressDeadline 45m
 
 
 async def canary_crash_loop(c: Cluster) -> None:

@@ -38,7 +38,7 @@ from fraudmodel_operator.api import (
     Verdict,
     parse_duration,
 )
-from fraudmodel_operator.stats import clopper_pearson, look_alpha, newcombe, rate_ratio_interval, z_of
+from fraudmodel_operator.stats import chi2_quantile, clopper_pearson, look_alpha, newcombe, rate_ratio_interval, z_of
 
 Vector = list[tuple[dict[str, str], float]]
 Histogram = tuple[tuple[float, float], ...]  # cumulative (le, count), ascending le, +Inf last
@@ -202,6 +202,7 @@ def shared_bins(canary: Histogram, stable: Histogram) -> list[tuple[float, float
 def psi(canary: Histogram, stable: Histogram) -> tuple[float, float, int] | None:
     """PSI of two cumulative histograms over their shared bucket bounds: (bias-corrected, raw, bins
     used), or None when too few requests fall outside the busiest bins to compare distributions.
+    (`psi_noise()` is how far above zero sampling noise alone can push the corrected value.)
 
     Adjacent bins are merged until each holds at least PSI_MIN_EXPECTED requests of the
     smaller track (expected from both tracks pooled): a bin holding one canary request
@@ -233,6 +234,17 @@ def psi(canary: Histogram, stable: Histogram) -> tuple[float, float, int] | None
         raw += (p - q) * math.log(p / q)
     noise = max(len(merged) - 1, 0) * (1 / n_c + 1 / n_s)
     return max(raw - noise, 0.0), raw, len(merged)
+
+
+def psi_noise(canary: Histogram, stable: Histogram, bins: int, alpha: float) -> float:
+    """The excess over its mean that sampling noise gives the corrected PSI with probability alpha:
+    for two samples of one distribution, PSI x n_c n_s / (n_c + n_s) is about chi-squared with
+    bins - 1 degrees of freedom, so a PSI above maxPsi by less than this is not evidence."""
+    n_c, n_s = canary[-1][1], stable[-1][1]
+    if n_c <= 0 or n_s <= 0:
+        return math.inf
+    df = max(bins - 1, 1)
+    return max(chi2_quantile(1 - alpha, df) - df, 0.0) * (1 / n_c + 1 / n_s)
 
 
 def exceedance(histogram: Histogram, edge: float) -> tuple[float, float]:
@@ -531,9 +543,11 @@ def _drift(
         why = f"fewer than {PSI_MIN_EXPECTED:g} requests per track outside the busiest score bins"
         return _inconclusive("scoreDrift", threshold, why, samples, looks)
     value, raw, bins = measured
-    if value > max_psi or (tail is not None and tail.verdict == Verdict.FAIL):
+    look = max(looks + 1, tail.looks if tail is not None else 0)
+    margin = psi_noise(canary.scores, stable.scores, bins, look_alpha(spec.alpha, look))
+    if value > max_psi + margin or (tail is not None and tail.verdict == Verdict.FAIL):
         verdict = Verdict.FAIL
-    elif tail is not None and tail.verdict == Verdict.PASS:
+    elif value <= max_psi and tail is not None and tail.verdict == Verdict.PASS:
         verdict = Verdict.PASS
     else:
         verdict = Verdict.INCONCLUSIVE
@@ -545,8 +559,9 @@ def _drift(
         value=value,
         threshold=threshold,
         samples=samples,
-        looks=tail.looks if tail is not None else looks,
-        message=f"PSI {value:.3f} over {bins} bins (raw {raw:.3f} before removing sampling noise){tail_text}",
+        looks=look,
+        message=f"PSI {value:.3f} over {bins} bins (raw {raw:.3f} before removing sampling noise; "
+        f"noise alone reaches +{margin:.3f}){tail_text}",
     )
 
 

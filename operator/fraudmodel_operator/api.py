@@ -923,7 +923,7 @@ class AnalysisSpec(_Model):
         description="Failed analyses over the rollout that roll back (a Pass does not reset them).",
     )
     inconclusive_limit: int = Field(
-        default=30,
+        default=40,
         ge=1,
         le=1000,
         description="Consecutive inconclusive analyses before `onInconclusive`. The default leaves a healthy "
@@ -1003,7 +1003,7 @@ class RolloutSpec(_Model):
         default="1m", description="Time at each step before its analysis."
     )
     progress_deadline: Annotated[Duration, duration_between("1s", "168h")] = Field(
-        default="30m",
+        default="45m",
         description="Longest a step may wait for ready canary pods or conclusive analysis before rollback; "
         "longer than `interval`.",
     )

@@ -106,6 +106,14 @@ def clopper_pearson(k: float, n: float, alpha: float) -> tuple[float, float]:
     return lower, upper
 
 
+def chi2_quantile(p: float, k: float) -> float:
+    """The p quantile of a chi-squared distribution with k degrees of freedom (Wilson-Hilferty)."""
+    if k <= 0:
+        return 0.0
+    z = _NORMAL.inv_cdf(p)
+    return float(k * max(1 - 2 / (9 * k) + z * math.sqrt(2 / (9 * k)), 0.0) ** 3)
+
+
 def wilson(k: float, n: float, z: float) -> tuple[float, float]:
     """The Wilson score interval of a share `k` of `n` at normal quantile `z` on each side."""
     if n <= 0:

@@ -39,8 +39,9 @@ def fraudmodel(
             "serving": {"replicas": 2},
             "rollout": {
                 "steps": [20, 50],
-                "interval": "5s",
-                "progressDeadline": "5m",
+                # Fewer looks spend less alpha each: 15s lets the flag-rate interval close in minutes.
+                "interval": "15s",
+                "progressDeadline": "10m",
                 "analysis": {
                     "prometheus": {"address": prometheus},
                     "minSamples": 40,
@@ -122,7 +123,7 @@ def outcome(harness: Harness) -> str | None:
 
 async def test_healthy_canary_is_promoted(bento: Bento, servers: Servers, prometheus: Prometheus) -> None:
     async with rollout_world(bento, servers, prometheus, GOOD_NEXT) as harness:
-        result = await eventually(lambda: outcome(harness), within=300)
+        result = await eventually(lambda: outcome(harness), within=600)
         status = harness.status("bot")
         assert result == "Promoted", [c for c in status["lastAnalysis"]["checks"] if c["verdict"] != "Pass"]
         checks = {c["name"]: c for c in status["lastAnalysis"]["checks"]}
@@ -132,7 +133,7 @@ async def test_healthy_canary_is_promoted(bento: Bento, servers: Servers, promet
 
 async def test_miscalibrated_canary_is_rolled_back(bento: Bento, servers: Servers, prometheus: Prometheus) -> None:
     async with rollout_world(bento, servers, prometheus, MISCALIBRATED) as harness:
-        result = await eventually(lambda: outcome(harness), within=300)
+        result = await eventually(lambda: outcome(harness), within=600)
         status = harness.status("bot")
         assert result == "RolledBack", status.get("lastAnalysis")
         degraded = next(c for c in status["conditions"] if c["type"] == "Degraded")
@@ -157,7 +158,7 @@ async def test_failing_or_slow_canary_is_rolled_back(
 ) -> None:
     """The same good model, with one fifth of scoring calls failing, or every call 80ms slower."""
     async with rollout_world(bento, servers, prometheus, GOOD_NEXT, **fault) as harness:
-        result = await eventually(lambda: outcome(harness), within=300)
+        result = await eventually(lambda: outcome(harness), within=600)
         status = harness.status("bot")
         assert result == "RolledBack", status.get("lastAnalysis")
         degraded = next(c for c in status["conditions"] if c["type"] == "Degraded")
@@ -175,7 +176,7 @@ async def test_canary_flagging_half_as_often_is_rolled_back(
     Bounds of a team that tolerates +-20% (at exactly the default 0.5 the canary would be held, not failed)."""
     bounds = {"flagRate": {"minRatio": 0.8, "maxRatio": 1.25}}
     async with rollout_world(bento, servers, prometheus, "v2-half-flags", checks=bounds) as harness:
-        result = await eventually(lambda: outcome(harness), within=400)
+        result = await eventually(lambda: outcome(harness), within=600)
         status = harness.status("bot")
         assert result == "RolledBack", status.get("lastAnalysis")
         degraded = next(c for c in status["conditions"] if c["type"] == "Degraded")
@@ -188,7 +189,7 @@ async def test_canary_flagging_half_as_often_is_rolled_back(
 async def test_canary_shedding_load_is_rolled_back(bento: Bento, servers: Servers, prometheus: Prometheus) -> None:
     """A canary that serves one request at a time (40 ms each) sheds a third or more of its share with 503."""
     async with rollout_world(bento, servers, prometheus, "v2-shedding") as harness:
-        result = await eventually(lambda: outcome(harness), within=300)
+        result = await eventually(lambda: outcome(harness), within=600)
         status = harness.status("bot")
         assert result == "RolledBack", status.get("lastAnalysis")
         degraded = next(c for c in status["conditions"] if c["type"] == "Degraded")
@@ -204,15 +205,15 @@ async def test_no_promotion_while_prometheus_is_down(bento: Bento, servers: Serv
         prometheus.stop()
         down = await eventually(
             lambda: (
-                (harness.status("bot").get("lastAnalysis") or {}).get("verdict") == "Inconclusive"
+                "metrics unavailable" in str((harness.status("bot").get("lastAnalysis") or {}).get("checks"))
                 and harness.status("bot")
             ),
-            within=30,
+            within=60,
         )
-        assert "metrics unavailable" in down["lastAnalysis"]["checks"][0]["message"]
+        assert down["lastAnalysis"]["verdict"] == "Inconclusive"
         for _ in range(3):  # three more analysis intervals with Prometheus down: never promoted
-            await asyncio.sleep(5)
+            await asyncio.sleep(15)
             assert outcome(harness) is None
             assert harness.status("bot")["canary"]["weight"] == 20
         prometheus.start()
-        assert await eventually(lambda: outcome(harness), within=120) == "Promoted"
+        assert await eventually(lambda: outcome(harness), within=600) == "Promoted"
