@@ -727,7 +727,12 @@ class ScoreDriftCheck(_Model):
 
     enabled: bool = Field(default=True, description="Run this check.")
     max_psi: float = Field(
-        default=0.2, gt=0.0, le=10.0, description="Fail above this PSI (0.1 slight, 0.25 major shift)."
+        default=0.5,
+        gt=0.0,
+        le=10.0,
+        description="Fail above this PSI (beyond sampling noise). On the bento's log-spaced buckets a healthy "
+        "retrain measured 0.19 against its predecessor and a miscalibrated model 0.87; the 0.1/0.25 rules of "
+        "thumb are for ten quantile bins and would fail retrains for moving scores far below the threshold.",
     )
 
 
