@@ -27,7 +27,11 @@ RPS = 100  # 20% of it: 20 canary requests a second, a few hundred per analysis
 
 
 def fraudmodel(
-    version: str, prometheus: str, name: str = "bot", checks: dict[str, Any] | None = None
+    version: str,
+    prometheus: str,
+    name: str = "bot",
+    checks: dict[str, Any] | None = None,
+    steps: list[int] | None = None,
 ) -> dict[str, Any]:
     """The FraudModel of the real-metrics tiers: two quick steps, judged on `prometheus`."""
     return {
@@ -38,7 +42,7 @@ def fraudmodel(
             "model": {"name": "fraud-detector", "version": version, "image": f"fraud-detector:{version}"},
             "serving": {"replicas": 2},
             "rollout": {
-                "steps": [20, 50],
+                "steps": steps or [20, 50],
                 # Fewer looks spend less alpha each: 15s lets the flag-rate interval close in minutes.
                 "interval": "15s",
                 "progressDeadline": "10m",
@@ -74,6 +78,8 @@ async def rollout_world(
     prometheus: Prometheus,
     canary_version: str,
     checks: dict[str, Any] | None = None,
+    steps: list[int] | None = None,
+    rps: float = RPS,
     **canary_env: str,
 ) -> AsyncIterator[Harness]:
     bodies = bento.payloads(3000, seed=99)
@@ -94,7 +100,7 @@ async def rollout_world(
     async with operator_harness(provider_for) as harness:
         tasks = [
             asyncio.create_task(play_deployment_controller(harness)),
-            asyncio.create_task(send_traffic(lambda: canary_weight(harness.status("bot")), urls, bodies, rps=RPS)),
+            asyncio.create_task(send_traffic(lambda: canary_weight(harness.status("bot")), urls, bodies, rps=rps)),
         ]
         try:
             await harness.create(fraudmodel(GOOD, prometheus.url))
@@ -102,7 +108,7 @@ async def rollout_world(
             # As in production, Prometheus has history before the rollout starts.
             stable_traffic = 'increase(bentoml_service_request_total{track="stable",endpoint=~"/predict.*"}[15s]) > 0'
             await asyncio.to_thread(prometheus.wait_for_data, stable_traffic)
-            spec = fraudmodel(canary_version, prometheus.url, checks=checks)["spec"]
+            spec = fraudmodel(canary_version, prometheus.url, checks=checks, steps=steps)["spec"]
             await harness.patch(FM, "bot", {"spec": spec, "metadata": {"generation": 2}})
             yield harness
         finally:
@@ -173,9 +179,11 @@ async def test_canary_flagging_half_as_often_is_rolled_back(
     bento: Bento, servers: Servers, prometheus: Prometheus
 ) -> None:
     """The same model at a threshold that flags half as many transactions: scores unchanged, decisions not.
-    Bounds of a team that tolerates +-20% (at exactly the default 0.5 the canary would be held, not failed)."""
+    Bounds of a team that tolerates +-20% (at exactly the default 0.5 the canary would be held, not failed);
+    one step at 50% and 250 requests a second, so that the ~1% flags add up to a decision in minutes."""
     bounds = {"flagRate": {"minRatio": 0.8, "maxRatio": 1.25}}
-    async with rollout_world(bento, servers, prometheus, "v2-half-flags", checks=bounds) as harness:
+    world = rollout_world(bento, servers, prometheus, "v2-half-flags", checks=bounds, steps=[50], rps=250)
+    async with world as harness:
         result = await eventually(lambda: outcome(harness), within=600)
         status = harness.status("bot")
         assert result == "RolledBack", status.get("lastAnalysis")
