@@ -169,10 +169,11 @@ class TrackMeasures:
 
 @dataclass(frozen=True)
 class Context:
-    """What the rules need beyond the measures: the canary's decision threshold and the looks
-    each check has spent so far on this revision (alpha spending)."""
+    """What the rules need beyond the measures: the canary's decision threshold (None when the
+    FraudModel leaves it to the model's metadata, which the operator cannot see: no near-miss
+    test then) and the looks each check has spent so far on this revision (alpha spending)."""
 
-    threshold: float = 0.5
+    threshold: float | None = 0.5
     looks: Mapping[str, int] = field(default_factory=dict)
 
 
@@ -515,7 +516,7 @@ def _drift(
         return _inconclusive("scoreDrift", threshold, "no score histogram", samples, looks)
     shared = [le for le, _, _ in shared_bins(canary.scores, stable.scores) if not math.isinf(le)]
     measured = psi(canary.scores, stable.scores)
-    near = [le for le in shared if le <= ctx.threshold / 2]
+    near = [] if ctx.threshold is None else [le for le in shared if le <= ctx.threshold / 2]
     tail: RatioOutcome | None = None
     tail_text = ""
     if near:

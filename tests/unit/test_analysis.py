@@ -226,6 +226,16 @@ def test_scores_crowding_under_the_threshold_fail_drift_before_flags_move() -> N
     assert "scores > 0.158: canary 16.81%, stable 6.81%, ratio 2.47" in drift.message
 
 
+def test_drift_without_a_declared_threshold_judges_psi_alone() -> None:
+    """spec.model.threshold is optional (the model's metadata holds it): no near-miss edge then, no crash."""
+    n = 200_000.0
+    canary = measures(requests=n, score_hist=scores(0.01, n))
+    found = assess(SPEC, canary, measures(requests=n), context=Context(threshold=None))
+    drift = next(r for r in found if r.name == "scoreDrift")
+    assert drift.verdict == Verdict.PASS
+    assert "scores >" not in drift.message
+
+
 @pytest.mark.parametrize("n_canary", [300, 1000, 3000], ids=lambda n: f"canary-{n}")
 def test_psi_has_no_false_alarms_from_sampling_noise(n_canary: int) -> None:
     rng = random.Random(7)
