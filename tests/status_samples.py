@@ -219,9 +219,12 @@ async def aborted(c: Cluster) -> None:
 
 async def promoting(c: Cluster) -> None:
     await canary_step(c)
-    await c.reconcile(30)  # 20% passed: 50%
-    c.ready.discard("fraud-detector-stable")  # the stable Deployment rolls to v2 after the promotion
-    await c.reconcile(30)  # 50% passed: promote
+    c.ready.discard("fraud-detector-stable")  # the stable Deployment rolls to v2 once promoted
+    for _ in range(20):  # each step: routed once its pods are ready, then analysed until it passes
+        await c.reconcile(30)
+        if (c.body.get("status") or {}).get("stable", {}).get("version") == "v2":
+            return
+    raise AssertionError(f"not promoted: {(c.body.get('status') or {}).get('lastAnalysis')}")
 
 
 async def promoted(c: Cluster) -> None:

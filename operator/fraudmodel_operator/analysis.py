@@ -548,7 +548,7 @@ def _drift(
     margin = psi_noise(canary.scores, stable.scores, bins, look_alpha(spec.alpha, look))
     if value > max_psi + margin or (tail is not None and tail.verdict == Verdict.FAIL):
         verdict = Verdict.FAIL
-    elif value <= max_psi and tail is not None and tail.verdict == Verdict.PASS:
+    elif value <= max_psi and (tail.verdict == Verdict.PASS if tail is not None else not near):
         verdict = Verdict.PASS
     else:
         verdict = Verdict.INCONCLUSIVE
