@@ -172,9 +172,8 @@ def node_env() -> dict[str, str]:
     return {key: value.strip("'\"") for key, value in pairs}
 
 
-def load_real_node_images() -> None:
-    """Build (cached) and load the pause, operator and bento images into the real node's containerd."""
-    names = ["pause"] if os.environ.get("FRAUDMODEL_E2E_SKIP_BUILD") else ["pause", "operator", "fraud-detector"]
+def load_real_node_images(names: list[str]) -> None:
+    """Build (cached) and load the named images (pause, operator, fraud-detector) into the real node's containerd."""
     if not os.environ.get("FRAUDMODEL_E2E_SKIP_BUILD"):
         run(str(IMAGES_SCRIPTS / "build"), *names, timeout=7200)
     run(str(IMAGES_SCRIPTS / "load"), *names, env={**os.environ, **node_env()}, timeout=3600)
