@@ -20,9 +20,12 @@ import yaml
 from scripts.dataplane import BENTO, MODELS, Bento, Prometheus, Servers, canary_weight, send_traffic
 from tests.cluster.conftest import Cluster, Operator
 from tests.cluster.test_operator import status, wait_ready
+from tests.integration.test_rollout_real import RPS
 from tests.integration.test_rollout_real import fraudmodel as integration_fraudmodel
 
 pytestmark = pytest.mark.cluster
+
+OUTCOME_WITHIN = 480  # seconds: a healthy version needs minutes of flags to pass the flag-rate interval
 
 
 def _need(what: str, ok: bool) -> None:
@@ -75,17 +78,17 @@ async def roll_out(
     urls = {"stable": stable_server.url, "canary": canary_server.url}
     tasks = [
         asyncio.create_task(follow()),
-        asyncio.create_task(send_traffic(lambda: canary_weight(latest), urls, bento.payloads(3000, seed=5), rps=100)),
+        asyncio.create_task(send_traffic(lambda: canary_weight(latest), urls, bento.payloads(3000, seed=5), rps=RPS)),
     ]
     try:
         await asyncio.to_thread(cluster.apply, fraudmodel(canary, prom.url), namespace)
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + 180
+        deadline = loop.time() + OUTCOME_WITHIN
         while loop.time() < deadline:
             if latest.get("phase") == "RolledBack" or latest.get("stable", {}).get("version") == canary:
                 return latest
             await asyncio.sleep(0.5)
-        pytest.fail(f"no outcome within 180s: {latest}\n{operator.tail()}")
+        pytest.fail(f"no outcome within {OUTCOME_WITHIN}s: {latest}\n{operator.tail()}")
     finally:
         for task in tasks:
             task.cancel()
