@@ -134,7 +134,11 @@ class Recorder:
                     return
 
     def stop(self) -> None:
+        """Ends the watches (each within its 5 s server timeout) and closes their connections."""
         self.stopped.set()
+        for thread in self.threads:
+            thread.join(timeout=30)
+        self.client.close()
 
     def timeline(self) -> list[tuple[int, str, str, dict[str, Any]]]:
         with self.lock:
