@@ -29,6 +29,7 @@ DEPLOYMENTS = "apps/v1/deployments"
 SERVICES = "v1/services"
 HPAS = "autoscaling/v2/horizontalpodautoscalers"
 PDBS = "policy/v1/poddisruptionbudgets"
+CONFIGMAPS = "v1/configmaps"
 EVENTS = "v1/events"
 PODS = "v1/pods"
 NS = "default"
@@ -178,6 +179,7 @@ async def operator_harness(provider_for: ProviderFor | None = None) -> AsyncIter
         (SERVICES, "Service", set()),
         (HPAS, "HorizontalPodAutoscaler", set()),
         (PDBS, "PodDisruptionBudget", set()),
+        (CONFIGMAPS, "ConfigMap", set()),
         (EVENTS, "Event", set()),
         (PODS, "Pod", {"status"}),
         ("v1/namespaces", "Namespace", set()),  # discovered (Kopf waits for it), never listed

@@ -498,6 +498,7 @@ OPERATOR_ENV = (
     "FRAUDMODEL_FEATURE_SCHEMA",
     "FRAUDMODEL_MODEL_TAG",
     "FRAUDMODEL_MODEL_URI",
+    "FRAUDMODEL_ROUTING_FILE",  # the stable edge's routing config (edge_routing.py)
     "BENTOML_PORT",
 )
 FAULT_ENV_PREFIX = "FRAUDMODEL_FAULT_"

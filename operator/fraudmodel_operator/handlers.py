@@ -145,6 +145,7 @@ CHILD_KINDS = (
     ("", "v1", "services", "Service"),
     ("autoscaling", "v2", "horizontalpodautoscalers", "HorizontalPodAutoscaler"),
     ("policy", "v1", "poddisruptionbudgets", "PodDisruptionBudget"),
+    ("", "v1", "configmaps", "ConfigMap"),  # the stable edge's routing config (edge_routing.py)
 )
 for _group, _version, _plural, _kind in CHILD_KINDS:
     _child_index(_group, _version, _plural, _kind)

@@ -29,6 +29,7 @@ KINDS: dict[tuple[str, str], str] = {
     ("v1", "Service"): "services",
     ("autoscaling/v2", "HorizontalPodAutoscaler"): "horizontalpodautoscalers",
     ("policy/v1", "PodDisruptionBudget"): "poddisruptionbudgets",
+    ("v1", "ConfigMap"): "configmaps",
     ("gateway.networking.k8s.io/v1", "HTTPRoute"): "httproutes",
     ("networking.istio.io/v1", "VirtualService"): "virtualservices",
     ("networking.k8s.io/v1", "Ingress"): "ingresses",

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from fraudmodel_operator.api import FraudModel
+from fraudmodel_operator.edge_routing import routing_rank
 from fraudmodel_operator.kube import Manifest, up_to_date
 from fraudmodel_operator.planner import TRACK_LABEL, child_name
 
@@ -107,10 +108,13 @@ def _selects_canary(service: Manifest | None) -> bool:
 
 
 def _apply_rank(desired: Manifest, live: Manifest | None, shared: str) -> str:
-    """Where an apply goes: the shared Service is the replica-ratio router's route; fewer replicas
+    """Where an apply goes: the shared Service is the replica-ratio router's route, the edge's routing
+    config (edge_routing.routing_rank) the stable edge's; fewer replicas
     (or a lower HPA floor) wait for the traffic to move; everything else is capacity."""
     if desired["kind"] == "Service" and desired["metadata"]["name"] == shared:
         return "expose" if _selects_canary(desired) and not _selects_canary(live) else "reduce"
+    if desired["kind"] == "ConfigMap":  # the stable edge's routing config: a route like the router's
+        return routing_rank(desired, live)
     want, have = _replicas(desired), _replicas(live)
     if want is not None and have is not None and want < have:
         return "shrink"

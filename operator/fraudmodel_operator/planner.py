@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from fraudmodel_operator.api import FraudModel, ModelSpec, ServingSpec
+from fraudmodel_operator.edge_routing import edge_routing, plan_routing_configmap, stable_pod_mount
 
 Track = Literal["stable", "canary"]
 Manifest = dict[str, Any]
@@ -135,6 +136,8 @@ def _env(fm: FraudModel, plan: TrackPlan) -> list[dict[str, str]]:
     if model.uri:
         env.append({"name": "FRAUDMODEL_MODEL_URI", "value": model.uri})
     env += [{"name": e.name, "value": e.value} for e in fm.spec.serving.env]
+    if plan.track == "stable":  # the stable edge's routing config (edge_routing)
+        env.append(stable_pod_mount(fm.metadata.name)[2])
     return env
 
 
@@ -163,7 +166,7 @@ def _pod_security(serving: ServingSpec) -> dict[str, Any]:
 
 def _pod_spec(fm: FraudModel, plan: TrackPlan) -> dict[str, Any]:
     serving: ServingSpec = fm.spec.serving
-    container = {
+    container: dict[str, Any] = {
         "name": CONTAINER,
         "image": plan.model.image,
         "imagePullPolicy": "IfNotPresent",
@@ -188,6 +191,11 @@ def _pod_spec(fm: FraudModel, plan: TrackPlan) -> dict[str, Any]:
         "containers": [container],
         "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}}],
     }
+    if plan.track == "stable":
+        # Mounted always, so that a rollout changing what the edge does never changes (and restarts) the pods.
+        volume, mount, _ = stable_pod_mount(fm.metadata.name)
+        pod["volumes"].append(volume)
+        container["volumeMounts"].append(mount)
     if serving.service_account_name:
         pod["serviceAccountName"] = serving.service_account_name
     if serving.node_selector:
@@ -316,6 +324,7 @@ def plan_children(fm: FraudModel, routed: int | None = None) -> list[Manifest]:
     routed = (fm.status.canary.weight if fm.status.canary else 0) if routed is None else routed
     tracks = plan_tracks(fm, routed)
     children: list[Manifest] = [plan_service(fm, None, tracks[0].model, shared_selects_canary(fm, routed))]
+    children.append(plan_routing_configmap(fm, edge_routing(fm), common_labels(fm, None, tracks[0].model)))
     for plan in tracks:
         children.append(plan_deployment(fm, plan))
         children.append(plan_service(fm, plan.track, plan.model))

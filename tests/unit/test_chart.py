@@ -39,6 +39,7 @@ WORKLOAD_RULES: dict[tuple[str, str], frozenset[str]] = {
     ("", "services"): CHILD_VERBS,
     ("autoscaling", "horizontalpodautoscalers"): CHILD_VERBS,
     ("policy", "poddisruptionbudgets"): CHILD_VERBS,
+    ("", "configmaps"): CHILD_VERBS,  # the stable edge's routing config
     ("", "pods"): frozenset({"get", "list", "watch"}),  # read only: why a model pod does not start
     ("", "events"): frozenset({"create", "patch"}),
     ("events.k8s.io", "events"): frozenset({"create", "patch"}),

@@ -37,6 +37,7 @@ def test_stable_only_children_and_labels() -> None:
         ("Deployment", "bot-stable"),
         ("Service", "bot-stable"),
         ("PodDisruptionBudget", "bot-stable"),
+        ("ConfigMap", "bot-routing"),  # the stable edge's routing config, always present
     }
     deployment = children[("Deployment", "bot-stable")]
     labels = deployment["metadata"]["labels"]

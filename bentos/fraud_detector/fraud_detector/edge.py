@@ -32,6 +32,9 @@ It does three things BentoML alone does not:
    rewritten to the same documented 503 with ``Retry-After``; both are counted
    in ``fraud_model_shed_requests_total``. 503 is used for shedding only, so an
    error-rate check can count 5xx other than 503 as model errors.
+5. **Routing config.** On the stable pods the edge acts on the FraudModel's routing
+   config (:mod:`fraud_detector.routing`), checked for changes on the request path
+   at most once a second, so it changes during a rollout without a restart.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .loading import NotServable
 from .metrics import ServiceMetrics
+from .routing import NO_ROUTING, RoutingConfig
 from .schema import Prediction, Transaction
 from .settings import Settings
 
@@ -219,8 +223,10 @@ class EdgeMiddleware:
         metrics: Callable[[], ServiceMetrics],
         scorer: Callable[[], Scorer | None],
         problem: Callable[[], NotServable | None] = lambda: None,
+        routing: Callable[[], RoutingConfig] = lambda: NO_ROUTING,
     ) -> None:
         self.app = app
+        self.routing = routing
         self.settings = settings
         self.metrics = metrics
         self.scorer = scorer
@@ -239,6 +245,9 @@ class EdgeMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
+        if scope["type"] == "http":
+            # Any request (probes too, so an idle pod keeps it fresh): at most one stat a second.
+            self.routing()
         if scope["type"] == "http" and path in (READYZ, PREDICT, PREDICT_BATCH):
             problem = self.problem()
             if problem is not None:

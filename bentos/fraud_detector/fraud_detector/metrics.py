@@ -63,6 +63,8 @@ class _Families:
     feature: Any
     reference_score: Any
     reference_feature: Any
+    routing_info: Any
+    routing_errors: Any
 
 
 def score_buckets(threshold: float) -> tuple[float, ...]:
@@ -133,6 +135,19 @@ def _families(buckets: tuple[float, ...]) -> _Families:
             [*labels, "feature", "le"],
             multiprocess_mode="max",
         ),
+        # One series per worker (pid): which routing config each worker acts on.
+        routing_info=prom.Gauge(
+            "fraud_model_edge_routing_info",
+            "1 for the revision of the routing config (the FraudModel's <name>-routing ConfigMap) "
+            "this worker's edge acts on, 0 for revisions it acted on before.",
+            [*labels, "revision"],
+            multiprocess_mode="liveall",
+        ),
+        routing_errors=prom.Counter(
+            "fraud_model_edge_routing_errors",
+            "Routing config files the edge could not use (it then routes nothing).",
+            labels,
+        ),
     )
 
 
@@ -166,6 +181,8 @@ class ServiceMetrics:
         self.predictions = f.predictions.labels(version, track)
         self.shed = f.shed.labels(version, track)
         self._rejected = {r: f.rejected.labels(version, track, r) for r in REJECT_REASONS}
+        self._routing_revision: str | None = None
+        f.routing_errors.labels(version, track)
 
     def observe(self, scores: Iterable[float], threshold: float) -> None:
         flagged = n = 0
@@ -201,6 +218,16 @@ class ServiceMetrics:
 
     def rejected(self, reason: str) -> None:
         self._rejected[reason].inc()
+
+    def routing_changed(self, revision: str, error: str | None) -> None:
+        """The edge now acts on routing config `revision` ("" for none)."""
+        f = self._families
+        if self._routing_revision is not None:
+            f.routing_info.labels(*self.labels, self._routing_revision).set(0)
+        f.routing_info.labels(*self.labels, revision).set(1)
+        self._routing_revision = revision
+        if error:
+            f.routing_errors.labels(*self.labels).inc()
 
 
 @functools.cache

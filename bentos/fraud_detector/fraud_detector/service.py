@@ -29,6 +29,7 @@ from . import model as model_io
 from .edge import PREDICT, PREDICT_BATCH, EdgeMiddleware, Scorer
 from .loading import Declared, LoadedModel, NotServable, assess, facts_of, fetch
 from .metrics import MONITORED_FEATURES, ServiceMetrics, service_metrics
+from .routing import RoutingConfig, RoutingFile
 from .schema import FEATURE_NAMES, Prediction, Transaction
 from .settings import Settings
 
@@ -261,7 +262,19 @@ def direct_scorer() -> Scorer | None:
     return _instances[-1].score
 
 
+def _routing_changed(config: RoutingConfig, error: str | None) -> None:
+    _metrics().routing_changed(config.revision, error)
+
+
+# Per worker (the file is first checked on the worker's first request, after BentoML forked it).
+ROUTING = RoutingFile(SETTINGS.routing_file, on_change=_routing_changed)
+
 _service: Any = FraudDetector  # a bentoml.Service; its stubs do not say so
 _service.add_asgi_middleware(
-    EdgeMiddleware, settings=SETTINGS, metrics=_metrics, scorer=direct_scorer, problem=_problem
+    EdgeMiddleware,
+    settings=SETTINGS,
+    metrics=_metrics,
+    scorer=direct_scorer,
+    problem=_problem,
+    routing=ROUTING.current,
 )

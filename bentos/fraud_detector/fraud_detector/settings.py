@@ -94,6 +94,9 @@ class Settings:
     # reserves FRAUDMODEL_FAULT_* in a FraudModel's env, so a FraudModel cannot turn them on.
     fault_error_rate: float = 0.0
     fault_delay_ms: int = 0
+    # The stable edge's routing config (fraud_detector.routing), mounted from the FraudModel's
+    # `<name>-routing` ConfigMap into the stable pods only; None: the edge routes nothing.
+    routing_file: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -129,4 +132,5 @@ class Settings:
             retry_after_seconds=_int(e, "FRAUDMODEL_RETRY_AFTER_SECONDS", cls.retry_after_seconds, 1),
             fault_error_rate=_share(e, "FRAUDMODEL_FAULT_ERROR_RATE"),
             fault_delay_ms=_int(e, "FRAUDMODEL_FAULT_DELAY_MS", 0, 0),
+            routing_file=e.get("FRAUDMODEL_ROUTING_FILE") or None,
         )

@@ -84,6 +84,9 @@ ClusterRole of a cluster-wide install and by each Role of a namespaced one.
   resources: ["poddisruptionbudgets"]
   verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
 - apiGroups: [""]
+  resources: ["configmaps"]
+  verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
+- apiGroups: [""]
   resources: ["pods"]
   verbs: ["get", "list", "watch"]
 {{- if .Values.routers.gatewayAPI.enabled }}
