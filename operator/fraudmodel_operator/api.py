@@ -943,6 +943,49 @@ class AnalysisSpec(_Model):
     custom: list[CustomCheck] = Field(default_factory=list, max_length=16, description="Custom PromQL checks.")
 
 
+# The request fields a sticky key may come from: the identity fields the bento's Transaction
+# accepts besides its features (any other field is refused by the bento as unknown, 422).
+STICKY_FIELDS = ("account_id", "card_id")
+STICKY_BUCKETS = 10_000  # the key space: a weight of w% gives the canary buckets [0, 100 w)
+STICKY_ROUTER_MESSAGE = (
+    "stickyBy needs trafficRouting.replicaRatio: the split happens at the stable pods' edge, which forwards "
+    "the canary's keys; a gateway or mesh route cannot hash a key into weight buckets (see docs/operator.md)"
+)
+
+
+class StickyBy(_Model):
+    """Where the key of a request comes from; every request with one key goes to one track."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_cel(
+            ("has(self.field) != has(self.header)", "exactly one of field, header must be set"),
+        )
+    )
+
+    field: Literal["account_id", "card_id"] | None = Field(
+        default=None,
+        description="A top-level string field of each transaction: `account_id` or `card_id` (the identity "
+        "fields the fraud_detector bento accepts besides its features). In a batch, each transaction goes to "
+        "its key's track.",
+    )
+    header: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9-]*$", max_length=64)] | None = Field(
+        default=None,
+        description="An HTTP request header, e.g. `X-Account-Id` (matched case-insensitively); the whole request "
+        "goes to its key's track.",
+    )
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> StickyBy:
+        if (self.field is None) == (self.header is None):
+            raise ValueError("exactly one of field, header must be set")
+        return self
+
+    @property
+    def source(self) -> str:
+        """`field:<name>` or `header:<lower-case name>`: how the edge reads the key."""
+        return f"field:{self.field}" if self.field is not None else f"header:{(self.header or '').lower()}"
+
+
 class RollbackSpec(_Model):
     """What happens to the canary after a rollback."""
 
@@ -979,6 +1022,10 @@ class RolloutSpec(_Model):
                 " || duration(self.interval) < duration(self.progressDeadline)",
                 DEADLINE_MESSAGE,
             ),
+            (
+                "!has(self.stickyBy) || !has(self.trafficRouting) || has(self.trafficRouting.replicaRatio)",
+                STICKY_ROUTER_MESSAGE,
+            ),
         )
     )
 
@@ -1014,6 +1061,14 @@ class RolloutSpec(_Model):
         "longer than `interval`.",
     )
     paused: bool = Field(default=False, description="Hold the rollout at its current step (GitOps-friendly pause).")
+    sticky_by: StickyBy | None = Field(
+        default=None,
+        description="Keep every request of one account (or card) on one track for the whole rollout: its key is "
+        f"hashed into {STICKY_BUCKETS} buckets and the canary gets the buckets below its weight, so an account on "
+        "the canary at 10% stays there at 30%. The shared Service then selects the stable pods only and their edge "
+        "forwards the canary's keys to the canary Service (needs replicaRatio routing). A request without the key "
+        "stays on stable.",
+    )
     analysis: AnalysisSpec = Field(default_factory=AnalysisSpec, description="Canary analysis.")
     on_rollback: RollbackSpec = Field(default_factory=RollbackSpec, description="Rollback behaviour.")
 
@@ -1032,6 +1087,8 @@ class RolloutSpec(_Model):
             raise ValueError(
                 f"{DEADLINE_MESSAGE} (interval {self.interval}, progressDeadline {self.progress_deadline})"
             )
+        if self.sticky_by is not None and self.traffic_routing.kind != "replicaRatio":
+            raise ValueError(STICKY_ROUTER_MESSAGE)
         return self
 
     @property
@@ -1174,6 +1231,14 @@ class AnalysisStatus(_Model):
     )
     verdict: Verdict = Field(description="Overall verdict.")
     checks: list[CheckResult] = Field(default_factory=list, description="Per-check results.")
+    effective_share: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=1.0,
+        description="stickyBy: share of the judged step's transactions the canary really answered, counted by "
+        "the stable pods' edge (the step's weight is its share of accounts; heavy accounts and fallbacks move "
+        "this away from it).",
+    )
 
 
 class HistoryEntry(_Model):
@@ -1279,6 +1344,8 @@ __all__ = [
     "PROMOTE_ANNOTATION",
     "RESUME_ANNOTATION",
     "RETRY_ANNOTATION",
+    "STICKY_BUCKETS",
+    "STICKY_FIELDS",
     "VERSION",
     "AnalysisSpec",
     "AnalysisStatus",
@@ -1296,6 +1363,7 @@ __all__ = [
     "RolloutSpec",
     "ServingSpec",
     "SpecError",
+    "StickyBy",
     "Strategy",
     "TrackStatus",
     "TrafficRouting",

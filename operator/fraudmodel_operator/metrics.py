@@ -37,6 +37,12 @@ class OperatorMetrics:
             ["namespace", "fraudmodel"],
             registry=r,
         )
+        self.effective_share = Gauge(
+            f"{PREFIX}_canary_effective_share",
+            "stickyBy: share of the last judged step's transactions the canary answered (the stable edge's count).",
+            ["namespace", "fraudmodel"],
+            registry=r,
+        )
         self.rollbacks = Counter(
             f"{PREFIX}_rollbacks", "Automatic and manual rollbacks.", ["namespace", "fraudmodel", "reason"], registry=r
         )
@@ -89,6 +95,8 @@ class OperatorMetrics:
             self.by_phase.labels(p.value).set(sum(1 for v in self._phases.values() if v == p))
 
     def observe_analysis(self, namespace: str, name: str, analysis: AnalysisStatus) -> None:
+        if analysis.effective_share is not None:
+            self.effective_share.labels(namespace, name).set(analysis.effective_share)
         for check in analysis.checks:
             self.verdicts.labels(namespace, name, check.name, check.verdict.value).inc()
             if check.value is not None:
@@ -99,7 +107,7 @@ class OperatorMetrics:
 
     def forget(self, namespace: str, name: str) -> None:
         self.observe_phase(namespace, name, None)
-        for gauge in (self.weight, self.deadline):
+        for gauge in (self.weight, self.deadline, self.effective_share):
             with suppress(KeyError):
                 gauge.remove(namespace, name)
 

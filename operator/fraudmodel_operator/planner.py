@@ -86,7 +86,9 @@ def plan_tracks(fm: FraudModel, routed: int | None = None) -> list[TrackPlan]:
     canary = status.canary
     canary_weight = canary.weight if canary else 0
     routed = canary_weight if routed is None else routed
-    replica_ratio = fm.spec.rollout.traffic_routing.kind == "replicaRatio"
+    # With stickyBy every request reaches the stable pods first (their edge forwards the canary's keys):
+    # the stable keeps its full size, the split is not a replica ratio.
+    replica_ratio = fm.spec.rollout.traffic_routing.kind == "replicaRatio" and fm.spec.rollout.sticky_by is None
     auto = serving.autoscaling
     total = auto.min_replicas if auto else serving.replicas
     canary_pods = replicas_for_weight(total, canary_weight)
@@ -108,8 +110,14 @@ def plan_tracks(fm: FraudModel, routed: int | None = None) -> list[TrackPlan]:
 def shared_selects_canary(fm: FraudModel, routed: int) -> bool:
     """Whether the shared Service selects canary pods: only with the replica-ratio router, and only
     while the canary is routed traffic (a warming or rolled-back canary takes none). With a mesh or
-    ingress router the router alone sends traffic to the canary; clients that bypass it reach stable."""
-    return fm.spec.rollout.traffic_routing.kind == "replicaRatio" and fm.status.canary is not None and routed > 0
+    ingress router the router alone sends traffic to the canary; clients that bypass it reach stable.
+    With stickyBy never: the stable pods' edge forwards the canary's keys (the routing config)."""
+    return (
+        fm.spec.rollout.traffic_routing.kind == "replicaRatio"
+        and fm.spec.rollout.sticky_by is None
+        and fm.status.canary is not None
+        and routed > 0
+    )
 
 
 # ---------------------------------------------------------------- manifests

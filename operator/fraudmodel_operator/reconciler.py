@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from fraudmodel_operator.analysis import MetricProvider, run_analysis
+from fraudmodel_operator.analysis import MetricProvider
 from fraudmodel_operator.api import FraudModel, FraudModelStatus, Phase, SpecError, parse_duration, parse_fraudmodel
 from fraudmodel_operator.conditions import desired_conditions, merge_conditions
 from fraudmodel_operator.kube import Kube, Manifest, NotServable, WriteRefused, merge_patch, with_owner
@@ -26,6 +26,7 @@ from fraudmodel_operator.planner import Track, child_name, plan_children, plan_t
 from fraudmodel_operator.pods import PodState, pod_problem, stalled_by_pods
 from fraudmodel_operator.rollout import Controls, Event, Observed, analysis_due, next_status, rollout_deadline
 from fraudmodel_operator.routers import ReplicaRatioRouter, TrafficRouter, router_for, router_from
+from fraudmodel_operator.sticky import analyse
 
 log = logging.getLogger(__name__)
 
@@ -326,7 +327,7 @@ async def reconcile(
     observed = observe(fm, live)
     analysis = None
     if analysis_due(fm, now) and observed.canary_ready > 0:  # also while paused: pause stops advancing only
-        analysis = await run_analysis(ctx.provider_for(fm), fm, now)
+        analysis = await analyse(ctx.provider_for(fm), fm, now)
         ctx.metrics.observe_analysis(ns, name, analysis)
     transition = next_status(fm, observed, analysis, now)
     status = transition.status

@@ -143,6 +143,21 @@ RULE_CASES: list[tuple[str, Any, str, str | None]] = [
             ("scale-down-0", {"onRollback": {"scaleDownDelay": "0s"}}, None),
             ("metric-label", {"analysis": {"metricLabels": {"model": "instance"}}}, None),
             ("metric-label-dotted", {"analysis": {"metricLabels": {"model": "a.b/c"}}}, "should match pattern"),
+            ("sticky-field", {"stickyBy": {"field": "account_id"}}, None),
+            ("sticky-header", {"stickyBy": {"header": "X-Account-Id"}}, None),
+            (
+                "sticky-both",
+                {"stickyBy": {"field": "card_id", "header": "X-Card"}},
+                "stickyBy: exactly one of field, header must be set",
+            ),
+            ("sticky-neither", {"stickyBy": {}}, "stickyBy: exactly one of field, header must be set"),
+            ("sticky-unknown-field", {"stickyBy": {"field": "email"}}, "'account_id' or 'card_id'"),
+            ("sticky-header-space", {"stickyBy": {"header": "X Account"}}, "should match pattern"),
+            (
+                "sticky-gateway",
+                {"stickyBy": {"header": "X-Account-Id"}, "trafficRouting": {"istio": {"virtualService": "vs"}}},
+                "stickyBy needs trafficRouting.replicaRatio",
+            ),
         ]
     ),
 ]

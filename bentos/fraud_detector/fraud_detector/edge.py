@@ -53,6 +53,8 @@ from .metrics import ServiceMetrics
 from .routing import NO_ROUTING, RoutingConfig
 from .schema import Prediction, Transaction
 from .settings import Settings
+from .sticky import StickyRoute
+from .sticky_edge import CanaryClient, HttpCanaryClient, Split, sticky_metrics
 
 __all__ = [
     "PREDICT",
@@ -71,6 +73,7 @@ READYZ = "/readyz"
 _ONE = TypeAdapter(Transaction)
 _ONE_OUT = TypeAdapter(Prediction)
 _MANY_OUT = TypeAdapter(list[Prediction])
+_MANY_IN = TypeAdapter(list[Transaction])
 logger = logging.getLogger(__name__)
 
 Scorer = Callable[[Sequence[Transaction]], Awaitable[list[Prediction]]]
@@ -92,6 +95,10 @@ _REASONS = {
 def reason_for(error_type: str) -> str:
     """Our rejection reason for a pydantic error type; type errors by default."""
     return _REASONS.get(error_type, "wrong_type")
+
+
+class _Shed(Exception):
+    """BentoML's dispatcher shed a request the edge made on the client's behalf."""
 
 
 class Rejection(Exception):
@@ -224,9 +231,14 @@ class EdgeMiddleware:
         scorer: Callable[[], Scorer | None],
         problem: Callable[[], NotServable | None] = lambda: None,
         routing: Callable[[], RoutingConfig] = lambda: NO_ROUTING,
+        route: Callable[[], StickyRoute | None] = lambda: None,
+        canary_client: CanaryClient | None = None,
     ) -> None:
         self.app = app
         self.routing = routing
+        self.route = route
+        self.canary_client = canary_client
+        self._split: Split | None = None
         self.settings = settings
         self.metrics = metrics
         self.scorer = scorer
@@ -309,6 +321,10 @@ class EdgeMiddleware:
             await _respond(send, 200, b"[]")
             return
         single = path == PREDICT
+        route = self.route() if self.settings.track == "stable" else None
+        if route is not None:
+            await self._sticky(scope, send, route, transactions, single, metrics)
+            return
         score = self.scorer()
         if score is not None:
             await self._score(send, score, transactions, single)
@@ -325,6 +341,65 @@ class EdgeMiddleware:
         await _respond(
             send, 200, _ONE_OUT.dump_json(predictions[0]) if single else _MANY_OUT.dump_json(predictions)
         )
+
+    async def _sticky(
+        self,
+        scope: Scope,
+        send: Send,
+        route: StickyRoute,
+        transactions: list[Transaction],
+        single: bool,
+        metrics: ServiceMetrics,
+    ) -> None:
+        """stickyBy: the canary's keys are answered by the canary (fraud_detector.sticky_edge)."""
+        if self._split is None:
+            client = self.canary_client or HttpCanaryClient(self.settings.sticky_timeout_ms / 1000)
+            self._split = Split(client, sticky_metrics(*metrics.labels))
+        headers = {
+            bytes(k).decode("latin-1").lower(): bytes(v).decode("latin-1") for k, v in scope["headers"]
+        }
+        score = self.scorer()
+
+        async def local(part: Sequence[Transaction]) -> list[Prediction]:
+            return await (score(part) if score is not None else self._via_app(scope, part))
+
+        try:
+            predictions = await self._split.score(route, transactions, headers, local)
+        except _Shed:
+            await self._shed(send, metrics)
+            return
+        except Exception as exc:
+            logger.exception("scoring %d transaction(s) failed", len(transactions))
+            await _respond(send, 500, json.dumps({"error": "scoring failed", "message": str(exc)}).encode())
+            return
+        await _respond(
+            send, 200, _ONE_OUT.dump_json(predictions[0]) if single else _MANY_OUT.dump_json(predictions)
+        )
+
+    async def _via_app(self, scope: Scope, transactions: Sequence[Transaction]) -> list[Prediction]:
+        """Score through BentoML's ``/predict_batch`` (adaptive batching) and return the predictions."""
+        body = b'{"transactions":' + _MANY_IN.dump_json(list(transactions), exclude_none=True) + b"}"
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        inner_scope = {**scope, "path": PREDICT_BATCH, "raw_path": PREDICT_BATCH.encode(), "headers": headers}
+        status = 0
+        chunks: list[bytes] = []
+
+        async def inner_receive() -> Message:
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        async def inner_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            elif message["type"] == "http.response.body":
+                chunks.append(message.get("body", b""))
+
+        await self.app(inner_scope, inner_receive, inner_send)
+        if status == 503:
+            raise _Shed
+        if status != 200:
+            raise RuntimeError(f"/predict_batch answered {status}")
+        return _MANY_OUT.validate_json(b"".join(chunks))
 
     async def _forward(
         self, scope: Scope, receive: Receive, send: Send, body: bytes, single: bool, metrics: ServiceMetrics

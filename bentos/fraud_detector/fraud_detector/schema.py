@@ -105,6 +105,15 @@ class Transaction(BaseModel):
     transaction_id: str = Field(
         min_length=1, max_length=ID_MAX_LENGTH, description="Caller's transaction id."
     )
+    # Identity, not features: the model never sees them. A FraudModel's `stickyBy` may key its canary
+    # assignment on one of them (fraud_detector.sticky), so every transaction of an account gets one
+    # track's answer during a rollout.
+    account_id: str | None = Field(
+        default=None, min_length=1, max_length=ID_MAX_LENGTH, description="Caller's account id (optional)."
+    )
+    card_id: str | None = Field(
+        default=None, min_length=1, max_length=ID_MAX_LENGTH, description="Caller's card id (optional)."
+    )
     amount: float = _field("amount")
     txn_count_1h: int = _field("txn_count_1h")
     txn_count_24h: int = _field("txn_count_24h")

@@ -97,6 +97,9 @@ class Settings:
     # The stable edge's routing config (fraud_detector.routing), mounted from the FraudModel's
     # `<name>-routing` ConfigMap into the stable pods only; None: the edge routes nothing.
     routing_file: str | None = None
+    # stickyBy: how long the stable edge waits for the canary's answer before it answers from
+    # the stable itself (fraud_detector.sticky_edge); the live path's worst extra latency.
+    sticky_timeout_ms: int = 250
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -133,4 +136,5 @@ class Settings:
             fault_error_rate=_share(e, "FRAUDMODEL_FAULT_ERROR_RATE"),
             fault_delay_ms=_int(e, "FRAUDMODEL_FAULT_DELAY_MS", 0, 0),
             routing_file=e.get("FRAUDMODEL_ROUTING_FILE") or None,
+            sticky_timeout_ms=_int(e, "FRAUDMODEL_STICKY_TIMEOUT_MS", cls.sticky_timeout_ms, 1),
         )

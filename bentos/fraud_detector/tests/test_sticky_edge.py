@@ -1,0 +1,218 @@
+"""The stable edge's sticky split, driven through the real middleware (ASGI) with a fake canary.
+
+The canary fake answers like a canary /predict_batch (version "v2"), or fails in each way the
+fallback policy names; the stable scores with version "v1". Real servers: tests/integration.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import httpx
+import pytest
+
+from fraud_detector.data import payloads
+from fraud_detector.edge import EdgeMiddleware
+from fraud_detector.metrics import service_metrics
+from fraud_detector.schema import Prediction, Transaction
+from fraud_detector.settings import Settings
+from fraud_detector.sticky import StickyRoute, on_canary
+from fraud_detector.sticky_edge import FALLBACK_REASONS, Breaker, CanaryFailure
+
+SALT = "rev-test"
+BODIES = payloads(400, seed=11)
+
+
+def _prediction(t: Transaction, version: str) -> Prediction:
+    return Prediction(
+        transaction_id=t.transaction_id,
+        score=0.1,
+        decision="allow",
+        threshold=0.5,
+        model="m",
+        version=version,
+    )
+
+
+async def _stable_score(transactions: Sequence[Transaction]) -> list[Prediction]:
+    return [_prediction(t, "v1") for t in transactions]
+
+
+class FakeCanary:
+    """Answers as the canary would, or fails with `failure` (a FALLBACK_REASONS key) / an HTTP status."""
+
+    def __init__(self, failure: str | None = None, status: int = 200) -> None:
+        self.failure = failure
+        self.status = status
+        self.calls: list[list[dict[str, Any]]] = []
+        self.headers: list[dict[str, str]] = []
+
+    async def post(self, url: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
+        assert url == "http://canary:80"
+        items = json.loads(body)["transactions"]
+        self.calls.append(items)
+        self.headers.append(headers)
+        if self.failure is not None:
+            raise CanaryFailure(self.failure)
+        if self.status != 200:
+            return self.status, b'{"error": "x"}'
+        answers = [_prediction(Transaction.model_validate(i), "v2").model_dump() for i in items]
+        return 200, json.dumps(answers).encode()
+
+
+async def _not_found(scope: Any, receive: Any, send: Any) -> None:
+    raise AssertionError("direct scoring never reaches BentoML's app")
+
+
+def _edge(canary: FakeCanary, weight: float, source: str = "field:account_id", track: str = "stable") -> Any:
+    route = StickyRoute.from_dict(
+        {"url": "http://canary:80", "weight": weight, "source": source, "salt": SALT}
+    )
+    settings = Settings(track=track)
+    metrics = service_metrics("v1", track)
+    return EdgeMiddleware(
+        _not_found,
+        settings=settings,
+        metrics=lambda: metrics,
+        scorer=lambda: _stable_score,
+        route=lambda: route,
+        canary_client=canary,
+    )
+
+
+def _post(app: Any, path: str, body: Any, headers: dict[str, str] | None = None) -> httpx.Response:
+    async def go() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://stable") as client:
+            return await client.post(path, json=body, headers=headers or {})
+
+    return asyncio.run(go())
+
+
+def _account(i: int) -> str:
+    return f"acct-{i:05d}"
+
+
+def _counter(name: str, **labels: str) -> float:
+    import prometheus_client
+
+    value = prometheus_client.REGISTRY.get_sample_value(name, labels)
+    return value or 0.0
+
+
+def test_every_request_of_an_account_gets_its_tracks_answer() -> None:
+    canary = FakeCanary()
+    app = _edge(canary, 30)
+    seen: dict[str, set[str]] = {}
+    for i, body in enumerate(BODIES):
+        account = _account(i % 40)  # 40 accounts, 10 requests each
+        answer = _post(app, "/predict", {**body, "account_id": account}).json()
+        seen.setdefault(account, set()).add(answer["version"])
+        assert answer["transaction_id"] == body["transaction_id"]
+    for account, versions in seen.items():
+        assert versions == {"v2" if on_canary(account, SALT, 30) else "v1"}, account
+    assert {"v1"} in seen.values() and {"v2"} in seen.values()
+
+
+def test_a_batch_is_split_by_account_and_answered_in_order() -> None:
+    canary = FakeCanary()
+    app = _edge(canary, 50)
+    items = [{**b, "account_id": _account(i)} for i, b in enumerate(BODIES[:60])]
+    answers = _post(app, "/predict_batch", {"transactions": items}).json()
+    assert [a["transaction_id"] for a in answers] == [i["transaction_id"] for i in items]
+    expected = ["v2" if on_canary(i["account_id"], SALT, 50) else "v1" for i in items]
+    assert [a["version"] for a in answers] == expected
+    assert len(canary.calls) == 1  # the canary's part in one request
+    assert len(canary.calls[0]) == expected.count("v2")
+    assert canary.headers[0]["x-fraudmodel-forwarded-by"] == "stable"
+
+
+def test_a_header_key_routes_the_whole_request() -> None:
+    canary = FakeCanary()
+    app = _edge(canary, 40, source="header:X-Account-Id")
+    on = next(_account(i) for i in range(100) if on_canary(_account(i), SALT, 40))
+    off = next(_account(i) for i in range(100) if not on_canary(_account(i), SALT, 40))
+    batch = {"transactions": BODIES[:5]}
+    assert {a["version"] for a in _post(app, "/predict_batch", batch, {"X-Account-Id": on}).json()} == {"v2"}
+    assert {a["version"] for a in _post(app, "/predict_batch", batch, {"x-account-id": off}).json()} == {"v1"}
+
+
+def test_no_key_stays_on_stable_and_is_counted() -> None:
+    canary = FakeCanary()
+    app = _edge(canary, 100)
+    before = _counter(
+        "fraud_model_sticky_transactions_total", model_version="v1", track="stable", route="unkeyed"
+    )
+    assert _post(app, "/predict", BODIES[0]).json()["version"] == "v1"
+    after = _counter(
+        "fraud_model_sticky_transactions_total", model_version="v1", track="stable", route="unkeyed"
+    )
+    assert after == before + 1
+    assert canary.calls == []
+
+
+def test_the_canary_track_never_forwards() -> None:
+    canary = FakeCanary()
+    app = _edge(canary, 100, track="canary")
+    assert _post(app, "/predict", {**BODIES[0], "account_id": "a"}).json()["version"] == "v1"
+    assert canary.calls == []
+
+
+@pytest.mark.parametrize(
+    ("failure", "status", "reason"),
+    [
+        ("unreachable", 200, "unreachable"),
+        ("timeout", 200, "timeout"),
+        (None, 503, "shed"),
+        (None, 500, "error"),
+        (None, 422, "refused"),
+    ],
+    ids=["unreachable", "timeout", "shed", "error", "refused"],
+)
+def test_when_the_canary_does_not_answer_the_stable_does(
+    failure: str | None, status: int, reason: str
+) -> None:
+    canary = FakeCanary(failure, status)
+    app = _edge(canary, 100)
+    labels = {"model_version": "v1", "track": "stable", "reason": reason}
+    before = _counter("fraud_model_sticky_fallbacks_total", **labels)
+    response = _post(app, "/predict", {**BODIES[0], "account_id": "acct-1"})
+    assert response.status_code == 200
+    assert response.json()["version"] == "v1"
+    assert len(canary.calls) == 1
+    assert _counter("fraud_model_sticky_fallbacks_total", **labels) == before + 1
+
+
+def test_a_dead_canary_is_skipped_after_consecutive_failures_then_probed() -> None:
+    now = [0.0]
+    breaker = Breaker(failures=3, open_s=5.0, clock=lambda: now[0])
+    for _ in range(3):
+        assert breaker.allows()
+        breaker.record(False)
+    assert not breaker.allows()  # open: no forwarding
+    now[0] = 5.0
+    assert breaker.allows()  # half-open: one probe
+    breaker.record(False)
+    assert not breaker.allows()  # failed probe: open again at once
+    now[0] = 10.0
+    breaker.record(True)
+    assert breaker.allows()
+
+
+def test_an_open_circuit_answers_from_stable_without_calling_the_canary() -> None:
+    canary = FakeCanary("unreachable")
+    app = _edge(canary, 100)
+    labels = {"model_version": "v1", "track": "stable", "reason": "circuit_open"}
+    before = _counter("fraud_model_sticky_fallbacks_total", **labels)
+    for i in range(8):
+        assert _post(app, "/predict", {**BODIES[i], "account_id": "acct-1"}).json()["version"] == "v1"
+    assert len(canary.calls) == 5  # BREAKER_FAILURES, then the circuit is open
+    assert _counter("fraud_model_sticky_fallbacks_total", **labels) == before + 3
+
+
+def test_every_fallback_reason_is_documented() -> None:
+    assert set(FALLBACK_REASONS) == {"unreachable", "timeout", "shed", "error", "refused", "circuit_open"}
+    assert all(FALLBACK_REASONS.values())
