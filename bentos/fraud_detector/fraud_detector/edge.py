@@ -53,7 +53,7 @@ from .metrics import ServiceMetrics
 from .routing import NO_ROUTING, RoutingConfig
 from .schema import Prediction, Transaction
 from .settings import Settings
-from .sticky import StickyRoute
+from .sticky import ROUTING_HEADER, StickyRoute
 from .sticky_edge import CanaryClient, HttpCanaryClient, Split, sticky_metrics
 
 __all__ = [
@@ -373,7 +373,10 @@ class EdgeMiddleware:
             await _respond(send, 500, json.dumps({"error": "scoring failed", "message": str(exc)}).encode())
             return
         await _respond(
-            send, 200, _ONE_OUT.dump_json(predictions[0]) if single else _MANY_OUT.dump_json(predictions)
+            send,
+            200,
+            _ONE_OUT.dump_json(predictions[0]) if single else _MANY_OUT.dump_json(predictions),
+            ((ROUTING_HEADER.encode(), route.revision.encode("latin-1", "replace")),),
         )
 
     async def _via_app(self, scope: Scope, transactions: Sequence[Transaction]) -> list[Prediction]:

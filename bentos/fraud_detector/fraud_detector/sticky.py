@@ -27,6 +27,7 @@ from typing import Any, Literal
 __all__ = [
     "BUCKETS",
     "KEY_FIELDS",
+    "ROUTING_HEADER",
     "StickyRoute",
     "bucket_of",
     "canary_buckets",
@@ -38,6 +39,9 @@ BUCKETS = 10_000
 
 KEY_FIELDS = ("account_id", "card_id")
 """Transaction fields a key may come from (the operator's STICKY_FIELDS)."""
+
+ROUTING_HEADER = "x-fraudmodel-routing"
+"""Response header of a split request: the routing config revision that assigned it."""
 
 Source = Literal["field", "header"]
 
@@ -73,9 +77,10 @@ class StickyRoute:
     source: Source
     name: str  # the field name, or the header name in lower case
     salt: str  # the rollout's salt: the canary revision
+    revision: str = ""  # the routing config's revision, answered in ROUTING_HEADER
 
     @classmethod
-    def from_dict(cls, raw: Any) -> StickyRoute:
+    def from_dict(cls, raw: Any, revision: str = "") -> StickyRoute:
         """Parse the routing config's ``sticky`` object; ValueError naming what is wrong."""
         if not isinstance(raw, dict):
             raise ValueError("sticky must be an object")
@@ -93,9 +98,8 @@ class StickyRoute:
             raise ValueError(f"sticky.source {source!r} must be field:<name> or header:<name>")
         if not isinstance(salt, str):
             raise ValueError("sticky.salt must be a string")
-        return cls(
-            url.rstrip("/"), float(weight), "field" if kind == "field" else "header", name.lower(), salt
-        )
+        source_kind: Source = "field" if kind == "field" else "header"
+        return cls(url.rstrip("/"), float(weight), source_kind, name.lower(), salt, revision)
 
     def canary(self, key: str | None) -> bool:
         """Whether the canary answers a request with this key (no key: the stable does)."""

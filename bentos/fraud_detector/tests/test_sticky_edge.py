@@ -68,9 +68,8 @@ async def _not_found(scope: Any, receive: Any, send: Any) -> None:
 
 
 def _edge(canary: FakeCanary, weight: float, source: str = "field:account_id", track: str = "stable") -> Any:
-    route = StickyRoute.from_dict(
-        {"url": "http://canary:80", "weight": weight, "source": source, "salt": SALT}
-    )
+    raw = {"url": "http://canary:80", "weight": weight, "source": source, "salt": SALT}
+    route = StickyRoute.from_dict(raw, revision="cfg-1")
     settings = Settings(track=track)
     metrics = service_metrics("v1", track)
     return EdgeMiddleware(
@@ -109,7 +108,9 @@ def test_every_request_of_an_account_gets_its_tracks_answer() -> None:
     seen: dict[str, set[str]] = {}
     for i, body in enumerate(BODIES):
         account = _account(i % 40)  # 40 accounts, 10 requests each
-        answer = _post(app, "/predict", {**body, "account_id": account}).json()
+        response = _post(app, "/predict", {**body, "account_id": account})
+        assert response.headers["x-fraudmodel-routing"] == "cfg-1"  # the config that assigned it
+        answer = response.json()
         seen.setdefault(account, set()).add(answer["version"])
         assert answer["transaction_id"] == body["transaction_id"]
     for account, versions in seen.items():
