@@ -62,12 +62,24 @@ class ShadowTarget(EdgeTarget):
         return self.sample
 
 
+class StickyTarget(EdgeTarget):
+    """Forward the canary's keys (stickyBy) to the canary track: the keys whose bucket is below `weight`."""
+
+    weight: int = Field(ge=0, le=100, description="Percent of the key buckets the canary owns.")
+    source: str = Field(description="Where the key comes from: field:<name> or header:<lower-case name>.")
+    salt: str = Field(description="The hash key of the assignment: the canary's revision (one draw per rollout).")
+
+    def share(self) -> float:
+        return self.weight / 100
+
+
 class EdgeRouting(BaseModel):
     """The stable edge's routing config. Each target is a field whose value is an `EdgeTarget` (or None)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     shadow: ShadowTarget | None = None
+    sticky: StickyTarget | None = None
 
     def targets(self) -> dict[str, EdgeTarget]:
         return {name: value for name, value in self if isinstance(value, EdgeTarget)}
@@ -98,10 +110,28 @@ def service_url(fm: FraudModel, service: str) -> str:
     return f"http://{service}.{fm.metadata.namespace}.svc:80"
 
 
-def edge_routing(fm: FraudModel) -> EdgeRouting:
+def edge_routing(fm: FraudModel, routed: int | None = None) -> EdgeRouting:
     """What the stable edge should do for this FraudModel's current status. Nothing, unless a
-    rollout phase needs the edge (set by the phases that do)."""
-    return EdgeRouting()
+    rollout phase needs the edge (set by the phases that do). `routed`: the canary weight routed
+    in this reconcile (default: the step's)."""
+    return EdgeRouting(sticky=sticky_target(fm, routed))
+
+
+def sticky_target(fm: FraudModel, routed: int | None = None) -> StickyTarget | None:
+    """stickyBy: the canary's keys go to the canary Service at the routed weight (None: all stay on
+    stable, e.g. a warming, rolled-back or promoted canary)."""
+    sticky, canary = fm.spec.rollout.sticky_by, fm.status.canary
+    if sticky is None or canary is None:
+        return None
+    weight = canary.weight if routed is None else routed
+    if weight <= 0:
+        return None
+    return StickyTarget(
+        url=service_url(fm, f"{fm.metadata.name}-canary"),
+        weight=weight,
+        source=sticky.source,
+        salt=canary.revision or "",
+    )
 
 
 def plan_routing_configmap(fm: FraudModel, routing: EdgeRouting, labels: dict[str, str]) -> Manifest:

@@ -332,7 +332,7 @@ def plan_children(fm: FraudModel, routed: int | None = None) -> list[Manifest]:
     routed = (fm.status.canary.weight if fm.status.canary else 0) if routed is None else routed
     tracks = plan_tracks(fm, routed)
     children: list[Manifest] = [plan_service(fm, None, tracks[0].model, shared_selects_canary(fm, routed))]
-    children.append(plan_routing_configmap(fm, edge_routing(fm), common_labels(fm, None, tracks[0].model)))
+    children.append(plan_routing_configmap(fm, edge_routing(fm, routed), common_labels(fm, None, tracks[0].model)))
     for plan in tracks:
         children.append(plan_deployment(fm, plan))
         children.append(plan_service(fm, plan.track, plan.model))

@@ -10,7 +10,9 @@ import pytest
 
 from fraudmodel_operator.analysis import Ranges
 from fraudmodel_operator.api import AnalysisSpec, AnalysisStatus, CheckResult, FraudModelStatus, Verdict
+from fraudmodel_operator.edge_routing import StickyTarget, routing_of, routing_rank
 from fraudmodel_operator.planner import plan_children
+from fraudmodel_operator.routers.replica_ratio import sticky_weights
 from fraudmodel_operator.sticky import (
     STICKY_CHECK,
     StickyMeasures,
@@ -121,3 +123,47 @@ def test_measures_read_the_stable_edges_counters() -> None:
     assert "[120s]" in queries["step_routes"]
     assert "[600s]" in queries["assigned"]
     assert 'route="canary"' in queries["assigned"]
+
+
+@pytest.mark.parametrize(
+    ("rollout", "routed", "weight"),
+    [(STICKY, 30, 30), (STICKY, 10, 10), (STICKY, 0, None), ({}, 30, None)],
+    ids=["routed-30", "holding-at-10", "not-routed", "without-stickyBy"],
+)
+def test_the_routing_config_carries_the_routed_weight(rollout: dict[str, Any], routed: int, weight: int | None) -> None:
+    status = FraudModelStatus(stable=track("v1", 70), canary=canary("v2", 30, step=2))
+    fm = fraudmodel("v2", status=status, serving={"replicas": 10}, rollout=rollout)
+    configmap = _by_name(plan_children(fm, routed))[("ConfigMap", "bot-routing")]
+    sticky = routing_of(configmap).sticky
+    if weight is None:
+        assert sticky is None
+        return
+    assert sticky == StickyTarget(
+        url="http://bot-canary.risk.svc:80", weight=weight, source="field:account_id", salt=canary("v2").revision
+    )
+
+
+def test_a_header_key_is_passed_in_lower_case() -> None:
+    status = FraudModelStatus(stable=track("v1", 70), canary=canary("v2", 30, step=2))
+    fm = fraudmodel("v2", status=status, rollout={"stickyBy": {"header": "X-Account-Id"}})
+    sticky = routing_of(_by_name(plan_children(fm, 30))[("ConfigMap", "bot-routing")]).sticky
+    assert sticky is not None
+    assert sticky.source == "header:x-account-id"
+
+
+def test_the_router_reads_the_weight_back_from_the_routing_config() -> None:
+    status = FraudModelStatus(stable=track("v1", 70), canary=canary("v2", 30, step=2))
+    fm = fraudmodel("v2", status=status, rollout=STICKY)
+    configmap = _by_name(plan_children(fm, 30))[("ConfigMap", "bot-routing")]
+    assert sticky_weights(configmap) == (70, 30)
+    assert sticky_weights(_by_name(plan_children(fm, 0))[("ConfigMap", "bot-routing")]) == (100, 0)
+    assert sticky_weights(None) is None
+
+
+def test_a_rising_weight_is_written_after_the_canary_capacity_and_a_falling_one_first() -> None:
+    status = FraudModelStatus(stable=track("v1", 70), canary=canary("v2", 30, step=2))
+    fm = fraudmodel("v2", status=status, rollout=STICKY)
+    at_10 = _by_name(plan_children(fm, 10))[("ConfigMap", "bot-routing")]
+    at_30 = _by_name(plan_children(fm, 30))[("ConfigMap", "bot-routing")]
+    assert routing_rank(at_30, at_10) == "expose"
+    assert routing_rank(at_10, at_30) == "reduce"

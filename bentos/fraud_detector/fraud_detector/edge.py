@@ -231,14 +231,13 @@ class EdgeMiddleware:
         scorer: Callable[[], Scorer | None],
         problem: Callable[[], NotServable | None] = lambda: None,
         routing: Callable[[], RoutingConfig] = lambda: NO_ROUTING,
-        route: Callable[[], StickyRoute | None] = lambda: None,
         canary_client: CanaryClient | None = None,
     ) -> None:
         self.app = app
         self.routing = routing
-        self.route = route
         self.canary_client = canary_client
         self._split: Split | None = None
+        self._route_of: tuple[RoutingConfig, StickyRoute | None] | None = None
         self.settings = settings
         self.metrics = metrics
         self.scorer = scorer
@@ -321,7 +320,7 @@ class EdgeMiddleware:
             await _respond(send, 200, b"[]")
             return
         single = path == PREDICT
-        route = self.route() if self.settings.track == "stable" else None
+        route = self._sticky_route() if self.settings.track == "stable" else None
         if route is not None:
             await self._sticky(scope, send, route, transactions, single, metrics)
             return
@@ -341,6 +340,14 @@ class EdgeMiddleware:
         await _respond(
             send, 200, _ONE_OUT.dump_json(predictions[0]) if single else _MANY_OUT.dump_json(predictions)
         )
+
+    def _sticky_route(self) -> StickyRoute | None:
+        """The routing config's sticky split, parsed once per config (the config object changes
+        only when the file does)."""
+        config = self.routing()
+        if self._route_of is None or self._route_of[0] is not config:
+            self._route_of = (config, config.sticky_route())
+        return self._route_of[1]
 
     async def _sticky(
         self,

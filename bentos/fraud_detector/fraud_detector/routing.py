@@ -11,7 +11,9 @@ the request path: one ``stat``).
 The document (``fraudmodel_operator.edge_routing`` writes it)::
 
     {"revision": "3f2a...", "shadow": {"url": "http://fraud-shadow.risk.svc:80",
-                                       "sample": 0.25, "version": "v2"}}
+                                       "sample": 0.25, "version": "v2"},
+     "sticky": {"url": "http://fraud-canary.risk.svc:80", "weight": 30,
+                "source": "field:account_id", "salt": "<canary revision>"}}
 
 Fields this bento does not know are ignored (a newer operator may add some); a
 document that does not parse, or a missing file, is *no routing*: the stable pods
@@ -27,9 +29,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-__all__ = ["NO_ROUTING", "RoutingConfig", "RoutingFile", "ShadowTarget", "parse_routing"]
+from .sticky import StickyRoute
+
+__all__ = ["NO_ROUTING", "RoutingConfig", "RoutingFile", "ShadowTarget", "StickyTarget", "parse_routing"]
 
 logger = logging.getLogger(__name__)
 
@@ -48,12 +52,36 @@ class ShadowTarget(_Part):
     version: str = Field(min_length=1, description="The shadow's model version.")
 
 
+class StickyTarget(_Part):
+    """Forward the canary's keys (stickyBy) to the canary track (fraud_detector.sticky_edge)."""
+
+    url: str = Field(min_length=1, description="Base URL of the canary track's Service.")
+    weight: float = Field(
+        ge=0.0, le=100.0, allow_inf_nan=False, description="Percent of key buckets on the canary."
+    )
+    source: str = Field(min_length=1, description="field:<name> or header:<name>.")
+    salt: str = Field(default="", description="The assignment's hash key: the canary's revision.")
+
+    @model_validator(mode="after")
+    def _usable(self) -> StickyTarget:
+        self.route()  # the edge's own checks (URL scheme, key field), named at parse time
+        return self
+
+    def route(self, revision: str = "") -> StickyRoute:
+        return StickyRoute.from_dict(self.model_dump(), revision)
+
+
 class RoutingConfig(_Part):
     """One revision of the routing config. Each target is an optional field; add new kinds of
     target as new fields (an absent field is None: that target is off)."""
 
     revision: str = ""
     shadow: ShadowTarget | None = None
+    sticky: StickyTarget | None = None
+
+    def sticky_route(self) -> StickyRoute | None:
+        """The sticky split this config asks for, if any."""
+        return self.sticky.route(self.revision) if self.sticky is not None else None
 
 
 NO_ROUTING = RoutingConfig()

@@ -17,9 +17,10 @@ import pytest
 from fraud_detector.data import payloads
 from fraud_detector.edge import EdgeMiddleware
 from fraud_detector.metrics import service_metrics
+from fraud_detector.routing import parse_routing
 from fraud_detector.schema import Prediction, Transaction
 from fraud_detector.settings import Settings
-from fraud_detector.sticky import StickyRoute, on_canary
+from fraud_detector.sticky import on_canary
 from fraud_detector.sticky_edge import FALLBACK_REASONS, Breaker, CanaryFailure
 
 SALT = "rev-test"
@@ -69,7 +70,7 @@ async def _not_found(scope: Any, receive: Any, send: Any) -> None:
 
 def _edge(canary: FakeCanary, weight: float, source: str = "field:account_id", track: str = "stable") -> Any:
     raw = {"url": "http://canary:80", "weight": weight, "source": source, "salt": SALT}
-    route = StickyRoute.from_dict(raw, revision="cfg-1")
+    config = parse_routing(json.dumps({"revision": "cfg-1", "sticky": raw}))
     settings = Settings(track=track)
     metrics = service_metrics("v1", track)
     return EdgeMiddleware(
@@ -77,7 +78,7 @@ def _edge(canary: FakeCanary, weight: float, source: str = "field:account_id", t
         settings=settings,
         metrics=lambda: metrics,
         scorer=lambda: _stable_score,
-        route=lambda: route,
+        routing=lambda: config,
         canary_client=canary,
     )
 
@@ -217,3 +218,20 @@ def test_an_open_circuit_answers_from_stable_without_calling_the_canary() -> Non
 def test_every_fallback_reason_is_documented() -> None:
     assert set(FALLBACK_REASONS) == {"unreachable", "timeout", "shed", "error", "refused", "circuit_open"}
     assert all(FALLBACK_REASONS.values())
+
+
+@pytest.mark.parametrize(
+    ("sticky", "problem"),
+    [
+        ({"url": "http://c:80", "weight": 30, "source": "field:email"}, "one of account_id, card_id"),
+        ({"url": "c:80", "weight": 30, "source": "field:account_id"}, "http"),
+        ({"url": "http://c:80", "weight": 130, "source": "field:account_id"}, "sticky.weight"),
+    ],
+    ids=["unknown-field", "no-scheme", "weight-over-100"],
+)
+def test_a_sticky_target_the_edge_cannot_use_is_refused_when_the_config_is_read(
+    sticky: dict[str, Any], problem: str
+) -> None:
+    """routing.RoutingFile then routes nothing (the safe state) and counts the error."""
+    with pytest.raises(ValueError, match=problem):
+        parse_routing(json.dumps({"revision": "r", "sticky": sticky}))

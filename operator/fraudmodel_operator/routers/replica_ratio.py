@@ -1,12 +1,15 @@
 """Replica ratio: the shared Service selects the canary's pods beside the stable's while the canary is
 routed; the planner sizes both tracks by weight. The shared Service is a planned child, so this router
-writes nothing itself; it reads back the split that ready pods really make."""
+writes nothing itself; it reads back the split that ready pods really make. With stickyBy the stable
+pods' edge splits by key instead, at the weight of the routing config (also a planned child), which is
+what it reads back then."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from fraudmodel_operator.api import FraudModel
+from fraudmodel_operator.edge_routing import configmap_name, routing_of
 from fraudmodel_operator.kube import Kube, Manifest
 from fraudmodel_operator.planner import TRACK_LABEL, child_name
 
@@ -26,6 +29,15 @@ def weights_of(shared: Manifest | None, stable: Manifest | None, canary: Manifes
     return 100 - share, share
 
 
+def sticky_weights(configmap: Manifest | None) -> tuple[int, int] | None:
+    """The `(stable, canary)` split of the stable edge's routing config (None: no config yet)."""
+    if configmap is None:
+        return None
+    sticky = routing_of(configmap).sticky
+    canary = sticky.weight if sticky is not None else 0
+    return 100 - canary, canary
+
+
 @dataclass
 class ReplicaRatioRouter:
     kube: Kube
@@ -38,6 +50,9 @@ class ReplicaRatioRouter:
 
     async def get_weights(self, fm: FraudModel) -> tuple[int, int] | None:
         ns, name = fm.metadata.namespace, fm.metadata.name
+        if fm.spec.rollout.sticky_by is not None:
+            # stickyBy: the stable pods' edge splits, at the weight of the routing config it mounts.
+            return sticky_weights(await self.kube.get("v1", "ConfigMap", ns, configmap_name(name)))
         shared = await self.kube.get("v1", "Service", ns, child_name(name))
         deployments = [
             await self.kube.get("apps/v1", "Deployment", ns, child_name(name, t)) for t in ("stable", "canary")
