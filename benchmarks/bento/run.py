@@ -11,6 +11,12 @@ Targets, all serving the same model with the same validation on loopback:
   (max_latency_ms=20, the configuration first measured in issue 7),
 * ``bento-2w``: the bento with two workers (FRAUDMODEL_WORKERS=2),
 * ``fastapi-2w``: the baseline with two uvicorn workers (a match for bento-2w),
+* ``sticky-w0``, ``sticky-w30``, ``sticky-w100`` (not in the default set): the bento as a
+  stable track under ``stickyBy: {field: account_id}`` at a canary weight of 0, 30 and 100%,
+  forwarding the canary's accounts to ``bento-1w`` as its canary (started with them): at 0%
+  the split runs and forwards nothing, at 100% every request takes the extra hop. Side by
+  side with ``bento-1w`` answering the same requests directly; ``sticky-dead``: at 100% to a
+  canary that is down (the fallback policy: the stable answers),
 
 each under wrk at several connection counts (closed loop). Prints one table and
 writes the figures as JSON. Stays on 127.0.0.1; bounded in time.
@@ -39,6 +45,7 @@ ROOT = Path(__file__).resolve().parents[2]
 BENTO_DIR = ROOT / "bentos" / "fraud_detector"
 HERE = Path(__file__).resolve().parent
 MODEL_VERSION = "bench"
+STICKY_WEIGHTS = (0, 30, 100)
 
 
 @dataclass
@@ -200,6 +207,7 @@ def main() -> int:
     p.add_argument("--wrk-threads", type=int, default=1)
     p.add_argument("--targets", default="inprocess,fastapi-1w,bento-1w,bento-1w-batching,bento-2w,fastapi-2w")
     p.add_argument("--json", type=Path, default=None, help="write the rows here")
+    p.add_argument("--baseline", default="fastapi-1w", help="the target the ratio columns compare with")
     args = p.parse_args()
     if shutil.which("wrk") is None:
         print("wrk not found (Debian: apt-get install -y wrk)", file=sys.stderr)
@@ -216,7 +224,9 @@ def main() -> int:
 
     tmp = Path(tempfile.mkdtemp(prefix="bento-bench-"))
     bodies = tmp / "bodies.lua"
-    items = ",\n".join(json.dumps(json.dumps(b)) for b in payloads(200, seed=5))
+    # Every body carries an account id (the sticky targets' key; the others ignore it).
+    keyed = [{**b, "account_id": f"acct-{i:04d}"} for i, b in enumerate(payloads(200, seed=5))]
+    items = ",\n".join(json.dumps(json.dumps(b)) for b in keyed)
     bodies.write_text("return {\n" + items + "\n}\n")
 
     tag = f"fraud_detector:{MODEL_VERSION}"
@@ -244,6 +254,24 @@ def main() -> int:
         "bento-2w": (bento_cmd, {**env, "FRAUDMODEL_MODEL_TAG": tag, "FRAUDMODEL_WORKERS": "2"}, BENTO_DIR),
     }
 
+    # The sticky targets forward to bento-1w (their canary) at the weight of their routing file.
+    ports = {name: free_port() for name in servers}
+    sticky_env = {**env, "FRAUDMODEL_MODEL_TAG": tag, "FRAUDMODEL_WORKERS": "1"}
+    for weight in STICKY_WEIGHTS:
+        routing = tmp / f"routing-w{weight}.json"
+        sticky = {"url": f"http://127.0.0.1:{ports['bento-1w']}", "weight": weight, "source": "field:account_id"}
+        routing.write_text(json.dumps({"revision": f"bench-w{weight}", "sticky": {**sticky, "salt": "bench"}}))
+        servers[f"sticky-w{weight}"] = (bento_cmd, {**sticky_env, "FRAUDMODEL_ROUTING_FILE": str(routing)}, BENTO_DIR)
+        ports[f"sticky-w{weight}"] = free_port()
+    # A canary that is down (nothing listens on its port): every account at 100% falls back to the stable.
+    dead = tmp / "routing-dead.json"
+    sticky = {"url": f"http://127.0.0.1:{free_port()}", "weight": 100, "source": "field:account_id"}
+    dead.write_text(json.dumps({"revision": "bench-dead", "sticky": {**sticky, "salt": "bench"}}))
+    servers["sticky-dead"] = (bento_cmd, {**sticky_env, "FRAUDMODEL_ROUTING_FILE": str(dead)}, BENTO_DIR)
+    ports["sticky-dead"] = free_port()
+    if any(t.startswith("sticky-") for t in targets) and "bento-1w" not in targets:
+        targets.insert(0, "bento-1w")  # the sticky targets' canary, measured directly beside them
+
     rows: list[Row] = []
     if "inprocess" in targets:
         rows += inprocess(env, seconds=min(args.seconds, 5))
@@ -256,7 +284,7 @@ def main() -> int:
         # it evenly over the targets instead of favouring whichever ran first.
         for name in served:
             cmd, senv, cwd = servers[name]
-            port = free_port()
+            port = ports[name]
             procs[name] = (
                 f"http://127.0.0.1:{port}",
                 start([*cmd, "--port", str(port)], senv, cwd, tmp / f"{name}.log"),
@@ -280,7 +308,7 @@ def main() -> int:
 
     print()
     print(f"median of {args.rounds} interleaved rounds of {args.seconds}s, wrk -t{args.wrk_threads}, 127.0.0.1")
-    print(render(rows))
+    print(render(rows, args.baseline))
     if args.json:
         args.json.write_text(json.dumps([asdict(r) for r in rows], indent=2) + "\n")
     return 0
@@ -303,11 +331,11 @@ def median_row(rs: list[Row]) -> Row:
     )
 
 
-def render(rows: list[Row]) -> str:
-    base = {r.connections: r for r in rows if r.target == "fastapi-1w"}
+def render(rows: list[Row], baseline: str = "fastapi-1w") -> str:
+    base = {r.connections: r for r in rows if r.target == baseline}
     lines = [
         "| target | conns | req/s | p50 ms | p90 ms | p99 ms | 503 shed | other non-2xx "
-        "| req/s vs fastapi | p99 vs fastapi |",
+        f"| req/s vs {baseline} | p99 vs {baseline} |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:

@@ -68,6 +68,7 @@ OPERATOR_METRICS = frozenset(
         "fraudmodel_operator_analysis_verdict_total",
         "fraudmodel_operator_phase",
         "fraudmodel_operator_progress_deadline_exceeded",
+        "fraudmodel_operator_canary_effective_share",
     }
 )
 SERVING_METRICS = frozenset(
@@ -79,6 +80,9 @@ SERVING_METRICS = frozenset(
         "fraud_model_rejected_inputs_total",
         "fraud_model_predictions_total",
         "fraud_model_shed_requests_total",
+        "fraud_model_sticky_transactions_total",
+        "fraud_model_sticky_fallbacks_total",
+        "fraud_model_sticky_forward_duration_seconds_bucket",
     }
 )
 # Kinds of the Prometheus Operator: no schemas in the Kubernetes OpenAPI; checked structurally below.
