@@ -117,6 +117,11 @@ def queries(fm: FraudModel, track: str, ranges: Ranges | None = None) -> dict[st
         return f"sum by (le) ({inner})" if by_le else f"sum({inner})"
 
     rollout, step = r.rollout, r.step
+    latency = bento(f'bentoml_service_request_duration_seconds_bucket{{{api},http_response_code=~"2.."}}', step, True)
+    if fm.spec.rollout.sticky_by is not None and track == "stable":
+        # stickyBy: the stable's requests include those its edge forwarded to the canary (the hop and the
+        # canary's time); its edge times the requests it answered alone, on BentoML's buckets.
+        latency = f"sum by (le) (increase(fraud_model_sticky_local_duration_seconds_bucket{{{v}}}[{step}s]))"
     return {
         "requests": bento(f"bentoml_service_request_total{{{api}}}", rollout),
         # 503 is load shedding (the service tells clients to retry), judged by shedRate, not a model error.
@@ -126,9 +131,7 @@ def queries(fm: FraudModel, track: str, ranges: Ranges | None = None) -> dict[st
         + " or vector(0)",
         "shed": f"sum(increase(fraud_model_shed_requests_total{{{v}}}[{rollout}s])) or vector(0)",
         # Answers only: shed requests are answered at once and would pull the quantile down.
-        "latency": bento(
-            f'bentoml_service_request_duration_seconds_bucket{{{api},http_response_code=~"2.."}}', step, True
-        ),
+        "latency": latency,
         "predictions": f"sum(increase(fraud_model_predictions_total{{{v}}}[{rollout}s]))",
         "flagged": f'sum(increase(fraud_model_decisions_total{{{v},decision="flag"}}[{rollout}s])) or vector(0)',
         "rejected": f"sum(increase(fraud_model_rejected_inputs_total{{{v}}}[{rollout}s])) or vector(0)",

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from fraudmodel_operator.analysis import Ranges
+from fraudmodel_operator.analysis import Ranges, queries
 from fraudmodel_operator.api import AnalysisSpec, AnalysisStatus, CheckResult, FraudModelStatus, Verdict
 from fraudmodel_operator.edge_routing import StickyTarget, routing_of, routing_rank
 from fraudmodel_operator.planner import plan_children
@@ -167,3 +167,16 @@ def test_a_rising_weight_is_written_after_the_canary_capacity_and_a_falling_one_
     at_30 = _by_name(plan_children(fm, 30))[("ConfigMap", "bot-routing")]
     assert routing_rank(at_30, at_10) == "expose"
     assert routing_rank(at_10, at_30) == "reduce"
+
+
+def test_with_sticky_the_stables_latency_is_what_its_edge_answered_alone() -> None:
+    """The stable's BentoML duration also counts the requests its edge forwarded (the hop and the
+    canary's own time): a slow canary would slow its own baseline."""
+    status = FraudModelStatus(stable=track("v1", 70), canary=canary("v2", 30, step=2))
+    sticky = queries(fraudmodel("v2", status=status, rollout=STICKY), "stable")["latency"]
+    assert "fraud_model_sticky_local_duration_seconds_bucket" in sticky
+    assert 'model_version="v1"' in sticky
+    canary_side = queries(fraudmodel("v2", status=status, rollout=STICKY), "canary")["latency"]
+    assert "bentoml_service_request_duration_seconds_bucket" in canary_side
+    plain = queries(fraudmodel("v2", status=status), "stable")["latency"]
+    assert "bentoml_service_request_duration_seconds_bucket" in plain

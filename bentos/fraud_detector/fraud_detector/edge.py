@@ -42,6 +42,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -359,6 +360,7 @@ class EdgeMiddleware:
         metrics: ServiceMetrics,
     ) -> None:
         """stickyBy: the canary's keys are answered by the canary (fraud_detector.sticky_edge)."""
+        started = time.perf_counter()  # after validation: BentoML's own duration adds ~0.1 ms before
         if self._split is None:
             client = self.canary_client or HttpCanaryClient(self.settings.sticky_timeout_ms / 1000)
             self._split = Split(client, sticky_metrics(*metrics.labels))
@@ -371,7 +373,7 @@ class EdgeMiddleware:
             return await (score(part) if score is not None else self._via_app(scope, part))
 
         try:
-            predictions = await self._split.score(route, transactions, headers, local)
+            predictions = await self._split.score(route, transactions, headers, local, started)
         except _Shed:
             await self._shed(send, metrics)
             return

@@ -72,7 +72,9 @@ class FraudNet(nn.Module):
         out: torch.Tensor = self.net(z).squeeze(-1)
         return out
 
-    def predict_proba(self, x: npt.NDArray[np.float32] | Sequence[Sequence[float]]) -> npt.NDArray[np.float32]:
+    def predict_proba(
+        self, x: npt.NDArray[np.float32] | Sequence[Sequence[float]]
+    ) -> npt.NDArray[np.float32]:
         """Fraud probabilities for raw feature rows."""
         t = torch.as_tensor(np.asarray(x, dtype=np.float32))
         with torch.inference_mode():

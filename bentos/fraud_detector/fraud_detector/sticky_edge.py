@@ -62,6 +62,8 @@ FALLBACK_REASONS: dict[str, str] = {
     "circuit_open": "the canary failed BREAKER_FAILURES times in a row; not tried for BREAKER_OPEN_SECONDS",
 }
 BREAKER_FAILURES = 5
+# BentoML's request-duration buckets as the service configures them (1 ms, 25% apart, to ~10 s).
+LOCAL_BUCKETS = tuple(0.001 * 1.25**i for i in range(42))
 BREAKER_OPEN_SECONDS = 5.0
 FORWARDED_HEADER = "x-fraudmodel-forwarded-by"
 _MANY_IN = TypeAdapter(list[Transaction])
@@ -137,10 +139,11 @@ class StickyMetrics:
         self.routes = {r: fam[0].labels(*labels, r) for r in ("canary", "stable", "unkeyed")}
         self.fallbacks = {r: fam[1].labels(*labels, r) for r in FALLBACK_REASONS}
         self.forward = fam[2].labels(*labels)
+        self.local = fam[3].labels(*labels)
 
 
 @functools.cache
-def _families() -> tuple[Any, Any, Any]:
+def _families() -> tuple[Any, Any, Any, Any]:
     import prometheus_client as prom
 
     labels = ["model_version", "track"]
@@ -162,6 +165,14 @@ def _families() -> tuple[Any, Any, Any]:
             "plus the canary's own time).",
             labels,
             buckets=tuple(0.001 * 1.25**i for i in range(32)),
+        ),
+        prom.Histogram(
+            "fraud_model_sticky_local_duration_seconds",
+            "Duration of the requests the stable edge answered alone under stickyBy (nothing forwarded), from "
+            "validation to answer: the stable's latency the analysis compares (BentoML's own request duration "
+            "also counts the forwarded requests, with the hop and the canary's time).",
+            labels,
+            buckets=LOCAL_BUCKETS,
         ),
     )
 
@@ -250,9 +261,11 @@ class Split:
         transactions: Sequence[Transaction],
         headers: dict[str, str],
         local: LocalScorer,
+        started: float | None = None,
     ) -> list[Prediction]:
         """Every transaction's prediction, in order: the canary's keys from the canary (or, when it
-        does not answer, from `local`), the rest from `local`. Errors of `local` propagate."""
+        does not answer, from `local`), the rest from `local`. Errors of `local` propagate. A request
+        answered alone is timed from `started` (this split's clock) into the local histogram."""
         canary_idx, stable_idx, unkeyed = split_transactions(route, transactions, headers)
         m = self.metrics
         if unkeyed:
@@ -260,7 +273,10 @@ class Split:
         if len(stable_idx) - unkeyed:
             m.routes["stable"].inc(len(stable_idx) - unkeyed)
         if not canary_idx:
-            return await local(transactions)
+            predictions = await local(transactions)
+            if started is not None:
+                m.local.observe(self.clock() - started)
+            return predictions
         m.routes["canary"].inc(len(canary_idx))
         canary_part = [transactions[i] for i in canary_idx]
         stable_part = [transactions[i] for i in stable_idx]

@@ -235,3 +235,17 @@ def test_a_sticky_target_the_edge_cannot_use_is_refused_when_the_config_is_read(
     """routing.RoutingFile then routes nothing (the safe state) and counts the error."""
     with pytest.raises(ValueError, match=problem):
         parse_routing(json.dumps({"revision": "r", "sticky": sticky}))
+
+
+def test_only_requests_answered_alone_are_timed_as_the_stables_latency() -> None:
+    """The analysis compares the stable's own latency: requests with a forwarded part are left out."""
+    canary = FakeCanary()
+    app = _edge(canary, 50)
+    labels = {"model_version": "v1", "track": "stable"}
+    on = next(_account(i) for i in range(100) if on_canary(_account(i), SALT, 50))
+    off = next(_account(i) for i in range(100) if not on_canary(_account(i), SALT, 50))
+    before = _counter("fraud_model_sticky_local_duration_seconds_count", **labels)
+    _post(app, "/predict", {**BODIES[0], "account_id": off})
+    assert _counter("fraud_model_sticky_local_duration_seconds_count", **labels) == before + 1
+    _post(app, "/predict", {**BODIES[0], "account_id": on})
+    assert _counter("fraud_model_sticky_local_duration_seconds_count", **labels) == before + 1
