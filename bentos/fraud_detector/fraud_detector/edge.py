@@ -35,6 +35,11 @@ It does three things BentoML alone does not:
 5. **Routing config.** On the stable pods the edge acts on the FraudModel's routing
    config (:mod:`fraud_detector.routing`), checked for changes on the request path
    at most once a second, so it changes during a rollout without a restart.
+6. **Account-sticky split.** With a ``sticky`` target in that config (``stickyBy``), the
+   stable edge sends the canary's keys to the canary track and answers with its
+   predictions, the stable answering when the canary does not
+   (:mod:`fraud_detector.sticky_edge`); the answer names the config in
+   ``x-fraudmodel-routing``.
 """
 
 from __future__ import annotations

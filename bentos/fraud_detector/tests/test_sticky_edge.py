@@ -249,3 +249,43 @@ def test_only_requests_answered_alone_are_timed_as_the_stables_latency() -> None
     assert _counter("fraud_model_sticky_local_duration_seconds_count", **labels) == before + 1
     _post(app, "/predict", {**BODIES[0], "account_id": on})
     assert _counter("fraud_model_sticky_local_duration_seconds_count", **labels) == before + 1
+
+
+def test_with_adaptive_batching_the_stables_part_goes_through_bentomls_batch_api() -> None:
+    """No direct scorer (adaptive batching on): the stable's transactions are scored by the app's
+    /predict_batch, the canary's still go to the canary."""
+    calls: list[int] = []
+
+    async def batch_api(scope: Any, receive: Any, send: Any) -> None:
+        assert scope["path"] == "/predict_batch"
+        items = json.loads((await receive())["body"])["transactions"]
+        calls.append(len(items))
+        body = json.dumps(
+            [_prediction(Transaction.model_validate(i), "v1").model_dump() for i in items]
+        ).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"application/json")],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+    canary = FakeCanary()
+    raw = {"url": "http://canary:80", "weight": 50, "source": "field:account_id", "salt": SALT}
+    config = parse_routing(json.dumps({"revision": "cfg-2", "sticky": raw}))
+    metrics = service_metrics("v1", "stable")
+    app = EdgeMiddleware(
+        batch_api,
+        settings=Settings(track="stable"),
+        metrics=lambda: metrics,
+        scorer=lambda: None,
+        routing=lambda: config,
+        canary_client=canary,
+    )
+    items = [{**b, "account_id": _account(i)} for i, b in enumerate(BODIES[:40])]
+    answers = _post(app, "/predict_batch", {"transactions": items}).json()
+    expected = ["v2" if on_canary(i["account_id"], SALT, 50) else "v1" for i in items]
+    assert [a["version"] for a in answers] == expected
+    assert calls == [expected.count("v1")]
