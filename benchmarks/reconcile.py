@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import statistics
 import sys
 import time
 from collections import Counter
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -84,8 +85,43 @@ def merge(old: Any, patch: Any) -> Any:
     return out
 
 
-async def no_metrics(_: str) -> Vector:
-    return []
+class NoMetrics:
+    """A Prometheus with no series yet: the stable model's monitoring stays InsufficientData."""
+
+    async def query(self, _: str) -> Vector:
+        return []
+
+    async def is_online(self) -> bool:
+        return True
+
+
+class ReferenceLike:
+    """A Prometheus whose stable track scores exactly like its model's reference: no drift."""
+
+    EDGES = (0.001, 0.01, 0.1, 0.28, 0.5, 0.9, math.inf)
+    SHARES = (0.30, 0.75, 0.95, 0.989, 0.993, 0.997, 1.0)  # cumulative
+    N = 50_000.0
+
+    async def query(self, promql: str) -> Vector:
+        def hist(scale: float) -> Vector:
+            return [({"le": str(le)}, share * scale) for le, share in zip(self.EDGES, self.SHARES, strict=True)]
+
+        if "fraud_model_reference_score_bucket" in promql:
+            return hist(1.0)
+        if "fraud_model_score_bucket" in promql:
+            return hist(self.N)
+        if "fraud_model_reference_samples" in promql:
+            return [({}, 10_000.0)]
+        if "fraud_model_reference_flag_rate" in promql:
+            return [({}, 1 - self.SHARES[3])]
+        if "fraud_model_predictions_total" in promql:
+            return [({}, self.N)]
+        if 'decision="flag"' in promql:
+            return [({}, self.N * (1 - self.SHARES[3]))]
+        return []
+
+    async def is_online(self) -> bool:
+        return True
 
 
 def bench_planning(n: int) -> None:
@@ -119,7 +155,7 @@ def bench_planning(n: int) -> None:
 
 async def bench_requests() -> None:
     kube = CountingKube()
-    ctx = Context(kube=kube, metrics=OperatorMetrics(), provider_for=lambda fm: None)  # type: ignore[arg-type,return-value]
+    ctx = Context(kube=kube, metrics=OperatorMetrics(), provider_for=lambda fm: NoMetrics())
     events: list[Event] = []
 
     def live() -> dict[tuple[str, str], Manifest]:
@@ -147,6 +183,30 @@ async def bench_requests() -> None:
     print(f"  second (stable became ready): {dict(settle)}")
     print(f"  unchanged, 5 reconciles: {[dict(c) or 'none' for c in unchanged]}")
     print(f"  replicas 3 -> 5: {dict(changed)}  (Deployment and status only)")
+
+    # The stable model measured against its reference at every reconcile (each one an interval later).
+    world = ReferenceLike()
+    ctx.provider_for = lambda fm: world
+    later = datetime.now(UTC)
+
+    async def measured(b: dict[str, Any]) -> Counter[str]:
+        nonlocal later
+        later += timedelta(minutes=5)
+        before = Counter(kube.calls)
+        await reconcile(ctx, {**b, "status": kube.status}, live(), later, events.append)
+        return kube.calls - before
+
+    five = {
+        **first,
+        "metadata": {**first["metadata"], "generation": 2},
+        "spec": {**first["spec"], "serving": {"replicas": 5}},
+    }
+    first_look = await measured(five)
+    looks = [await measured(five) for _ in range(5)]
+    drifting = [c for c in kube.status.get("conditions", []) if c["type"] == "Drifting"]
+    print(f"  monitoring, first measurement within bounds: {dict(first_look) or 'none'}  (Drifting -> False)")
+    print(f"  monitoring, 5 more measurements, no drift: {[dict(c) or 'none' for c in looks]}")
+    print(f"  Drifting: {drifting[0]['status']} ({drifting[0]['reason']})" if drifting else "  Drifting: absent")
 
 
 def main() -> None:

@@ -51,11 +51,25 @@ def merge(old: Any, patch: Any) -> Any:
 
 
 class Provider:
+    """Live answers as `answer` says; each model's reference (what it was evaluated on) as `reference` would
+    have scored it: shares of its score histogram, its flag rate, 10,000 rows."""
+
     def __init__(self) -> None:
         self.answer: Callable[[str], Vector] = flag_rate_answers({"stable": 0.03, "canary": 0.03})
+        self.reference: Callable[[str], Vector] = flag_rate_answers({"stable": 0.03, "canary": 0.03})
 
     async def query(self, promql: str) -> Vector:
-        return self.answer(promql)
+        if "fraud_model_reference" not in promql:
+            return self.answer(promql)
+        if "reference_score_bucket" in promql:
+            histogram = self.reference('fraud_model_score_bucket{track="stable"}')
+            return [(labels, value / histogram[-1][1]) for labels, value in histogram]
+        if "reference_samples" in promql:
+            return [({}, 10_000.0)]
+        if "reference_flag_rate" in promql:
+            flagged = self.reference('decision="flag",track="stable"')[0][1]
+            return [({}, flagged / self.reference("fraud_model_predictions_total")[0][1])]
+        return []
 
     async def is_online(self) -> bool:
         return True
@@ -177,6 +191,13 @@ async def ready(c: Cluster) -> None:
     await c.reconcile(5)
 
 
+async def drifting(c: Cluster) -> None:
+    """Promoted long ago; the legitimate population has since moved: the stable flags five times its reference."""
+    await ready(c)
+    c.provider.answer = flag_rate_answers({"stable": 0.15, "canary": 0.15})
+    await c.reconcile(300)
+
+
 async def spec_changed(c: Cluster) -> None:
     await ready(c)
     c.change_spec("v2")
@@ -276,6 +297,8 @@ SCENARIOS = (
     Scenario("no-status", no_status, "Progressing", "Waiting for the operator", "Current"),
     Scenario("deploying", deploying, "Progressing", "waiting for stable pods", "InProgress"),
     Scenario("ready", ready, "Healthy", "serving v1", "Current"),
+    # Drifting says so, and nothing else changes: the model serves as declared (Healthy, Current).
+    Scenario("drifting", drifting, "Healthy", "serving v1", "Current"),
     Scenario("spec-changed", spec_changed, "Progressing", "observe generation 2", "InProgress"),
     Scenario("canary-step", canary_step, "Progressing", "canary v2 at 20%", "InProgress"),
     Scenario("analysis-failed-once", analysis_failed_once, "Progressing", "analysis failed (1/2 over", "InProgress"),

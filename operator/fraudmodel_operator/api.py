@@ -1100,12 +1100,81 @@ class RolloutSpec(_Model):
         return weights if weights[-1] == self.max_weight else (*weights, self.max_weight)
 
 
+class FlagRateDrift(_Model):
+    """The stable track's flag rate against the rate its model flagged on its reference sample."""
+
+    enabled: bool = Field(default=True, description="Watch the flag rate.")
+    min_ratio: float = Field(
+        default=0.5, ge=0.0, le=100.0, description="Lowest allowed live/reference flag-rate ratio."
+    )
+    max_ratio: float = Field(
+        default=2.0,
+        ge=1.0,
+        le=100.0,
+        description="Highest allowed live/reference flag-rate ratio (false alarms grow with drifted "
+        "legitimate traffic: the generator's shift 0.25 flags ~10x more).",
+    )
+
+    @model_validator(mode="after")
+    def _ordered(self) -> FlagRateDrift:
+        if self.min_ratio > self.max_ratio:
+            raise ValueError("minRatio must be <= maxRatio")
+        return self
+
+
+class MonitoringSpec(_Model):
+    """Watching the promoted model: the stable track's live traffic against its model's training reference.
+
+    Population drift moves both tracks alike, so the canary analysis cannot see it; this compares
+    the stable track with the reference sample its model was evaluated on (published by the serving
+    pods). It reads the Prometheus of `rollout.analysis` with its label names. It reports (the
+    `Drifting` condition, an Event, operator metrics) and never changes traffic."""
+
+    enabled: bool = Field(default=True, description="Watch the stable model while the FraudModel is Ready.")
+    interval: Annotated[Duration, duration_between("10s", "24h")] = Field(
+        default="5m", description="Time between two measurements."
+    )
+    window: Annotated[Duration, duration_between("1m", "168h")] = Field(
+        default="1h", description="Range of live traffic each measurement reads."
+    )
+    min_samples: int = Field(
+        default=1000,
+        ge=100,
+        description="Transactions the stable track must have scored in the window before anything is judged.",
+    )
+    max_psi: float = Field(
+        default=0.2,
+        gt=0.0,
+        le=10.0,
+        description="Largest PSI of live scores against the reference scores (0.1-0.25: a moderate shift).",
+    )
+    max_feature_psi: float = Field(
+        default=0.25,
+        gt=0.0,
+        le=10.0,
+        description="Largest PSI of each monitored input feature against its reference (where the model exports one).",
+    )
+    flag_rate: FlagRateDrift = Field(
+        default_factory=FlagRateDrift, description="Live flag rate against the reference flag rate."
+    )
+    alpha: float = Field(
+        default=0.01,
+        gt=0.0,
+        le=0.2,
+        description="Error of each measurement: a PSI or flag-rate ratio exactly at its bound reads as drift with "
+        "probability at most alpha (sampling noise is subtracted and its margin required).",
+    )
+
+
 class FraudModelSpec(_Model):
     """Desired state of a FraudModel."""
 
     model: ModelSpec = Field(description="The model version to serve.")
     serving: ServingSpec = Field(default_factory=ServingSpec, description="How pods run.")
     rollout: RolloutSpec = Field(default_factory=RolloutSpec, description="How new versions reach traffic.")
+    monitoring: MonitoringSpec = Field(
+        default_factory=MonitoringSpec, description="Drift of the stable model against its training reference."
+    )
 
 
 # ---------------------------------------------------------------- status
@@ -1131,7 +1200,7 @@ class Condition(_Model):
 
     model_config = ConfigDict(frozen=True, extra="ignore")
 
-    type: str = Field(description="Ready, Progressing or Degraded.")
+    type: str = Field(description="Ready, Progressing, Degraded, Drifting, Reconciling or Stalled.")
     status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
     reason: str = Field(default="", description="CamelCase reason.")
     message: str = Field(default="", description="Human-readable detail.")
@@ -1280,7 +1349,8 @@ class FraudModelStatus(_Model):
     )
     rollbacks: int = Field(default=0, description="Rollbacks so far.")
     conditions: list[Condition] = Field(
-        default_factory=list, description="Ready, Progressing, Degraded; Reconciling and Stalled for kstatus."
+        default_factory=list,
+        description="Ready, Progressing, Degraded; Drifting (spec.monitoring); Reconciling and Stalled for kstatus.",
     )
     last_analysis: AnalysisStatus | None = Field(default=None, description="Latest canary analysis.")
     history: list[HistoryEntry] = Field(
@@ -1359,6 +1429,7 @@ __all__ = [
     "FraudModelStatus",
     "HistoryEntry",
     "ModelSpec",
+    "MonitoringSpec",
     "Phase",
     "RolloutSpec",
     "ServingSpec",

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import suppress
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from fraudmodel_operator.api import AnalysisStatus, Phase
+
+if TYPE_CHECKING:
+    from fraudmodel_operator.monitoring import DriftReport
 
 PREFIX = "fraudmodel_operator"
 
@@ -70,7 +74,27 @@ class OperatorMetrics:
             ["namespace", "fraudmodel"],
             registry=r,
         )
+        self.drifting = Gauge(
+            f"{PREFIX}_drifting",
+            "1 while the Drifting condition of a FraudModel is True (its stable model drifts from its reference).",
+            ["namespace", "fraudmodel"],
+            registry=r,
+        )
+        self.drift_value = Gauge(
+            f"{PREFIX}_drift_value",
+            "Last measured drift of the stable model per signal: PSI (score, feature.<name>) or the "
+            "live/reference flag-rate ratio (flagRate).",
+            ["namespace", "fraudmodel", "signal"],
+            registry=r,
+        )
+        self.drift_threshold = Gauge(
+            f"{PREFIX}_drift_threshold",
+            "Upper bound of each drift signal (maxPsi, maxFeaturePsi, flagRate.maxRatio).",
+            ["namespace", "fraudmodel", "signal"],
+            registry=r,
+        )
         self._phases: dict[tuple[str, str], Phase] = {}
+        self._signals: dict[tuple[str, str], set[str]] = {}
 
     def serve(self, port: int, addr: str = "0.0.0.0") -> Callable[[], None]:
         """Serve `/metrics` on `addr:port` in a thread; returns a function that stops it."""
@@ -105,11 +129,31 @@ class OperatorMetrics:
             if bound is not None:
                 self.analysis_threshold.labels(namespace, name, check.name).set(bound)
 
+    def observe_drift(self, namespace: str, name: str, report: DriftReport) -> None:
+        """The values of one measurement; a signal without a value this time is removed, not left stale."""
+        measured = {s.name: s for s in report.signals if s.value is not None}
+        for gone in self._signals.get((namespace, name), set()) - set(measured):
+            for gauge in (self.drift_value, self.drift_threshold):
+                with suppress(KeyError):
+                    gauge.remove(namespace, name, gone)
+        for signal_name, signal in measured.items():
+            assert signal.value is not None
+            self.drift_value.labels(namespace, name, signal_name).set(signal.value)
+            self.drift_threshold.labels(namespace, name, signal_name).set(signal.bound)
+        self._signals[(namespace, name)] = set(measured)
+
+    def observe_drifting(self, namespace: str, name: str, drifting: bool) -> None:
+        self.drifting.labels(namespace, name).set(1 if drifting else 0)
+
     def forget(self, namespace: str, name: str) -> None:
         self.observe_phase(namespace, name, None)
-        for gauge in (self.weight, self.deadline, self.effective_share):
+        for gauge in (self.weight, self.deadline, self.effective_share, self.drifting):
             with suppress(KeyError):
                 gauge.remove(namespace, name)
+        for signal_name in self._signals.pop((namespace, name), set()):
+            for gauge in (self.drift_value, self.drift_threshold):
+                with suppress(KeyError):
+                    gauge.remove(namespace, name, signal_name)
 
 
 def _upper_bound(threshold: str) -> float | None:

@@ -17,10 +17,22 @@ from typing import Any
 from pydantic import ValidationError
 
 from fraudmodel_operator.analysis import MetricProvider
-from fraudmodel_operator.api import FraudModel, FraudModelStatus, Phase, SpecError, parse_duration, parse_fraudmodel
-from fraudmodel_operator.conditions import desired_conditions, merge_conditions
+from fraudmodel_operator.api import (
+    Condition,
+    FraudModel,
+    FraudModelStatus,
+    Phase,
+    SpecError,
+    parse_duration,
+    parse_fraudmodel,
+)
+from fraudmodel_operator.conditions import Status, desired_conditions, merge_conditions
 from fraudmodel_operator.kube import Kube, Manifest, NotServable, WriteRefused, merge_patch, with_owner
 from fraudmodel_operator.metrics import OperatorMetrics
+from fraudmodel_operator.monitoring import CONDITION as DRIFTING
+from fraudmodel_operator.monitoring import assess as assess_drift
+from fraudmodel_operator.monitoring import drift_event, drifting, monitoring_due
+from fraudmodel_operator.monitoring import measure as measure_drift
 from fraudmodel_operator.ordering import Write, WritePlan, plan_writes, route_weight
 from fraudmodel_operator.planner import Track, child_name, plan_children, plan_tracks
 from fraudmodel_operator.pods import PodState, pod_problem, stalled_by_pods
@@ -41,6 +53,9 @@ class Context:
     kube: Kube
     metrics: OperatorMetrics
     provider_for: Callable[[FraudModel], MetricProvider]
+    # When each FraudModel's stable model was last measured against its reference, and which version
+    # (in memory: a measurement writes nothing unless the Drifting condition changes).
+    monitored: dict[tuple[str, str], tuple[str, datetime]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -310,6 +325,30 @@ def _approximation(target: FraudModel, transition_events: tuple[Event, ...]) -> 
     )
 
 
+def _drifting(fm: FraudModel, status: FraudModelStatus) -> Condition | None:
+    """The Drifting condition status holds, if it describes the stable model still served."""
+    if fm.status.stable.version != status.stable.version:
+        return None  # promoted: the old model's drift says nothing about the new one
+    return next((c for c in fm.status.conditions if c.type == DRIFTING), None)
+
+
+async def _watch_stable(
+    ctx: Context, fm: FraudModel, status: FraudModelStatus, now: datetime
+) -> tuple[str, Status, str, str] | None:
+    """Measure the stable model against its reference when due (monitoring.py); the Drifting condition."""
+    ns, name = fm.metadata.namespace, fm.metadata.name
+    target = fm.model_copy(update={"status": status})
+    report = None
+    if monitoring_due(target, ctx.monitored.get((ns, name)), now):
+        measures = await measure_drift(ctx.provider_for(fm), target)
+        report = assess_drift(fm.spec.monitoring, status.stable.version or "", measures)
+        ctx.monitored[(ns, name)] = (report.version, now)
+        ctx.metrics.observe_drift(ns, name, report)
+    drift = drifting(fm.spec.monitoring, status.stable.version, report, _drifting(fm, status))
+    ctx.metrics.observe_drifting(ns, name, drift is not None and drift[1] == "True")
+    return drift
+
+
 async def reconcile(
     ctx: Context, body: Mapping[str, Any], live: LiveChildren, now: datetime, emit: Emit, pods: Sequence[PodState] = ()
 ) -> Outcome:
@@ -362,9 +401,13 @@ async def reconcile(
     deadline_s = parse_duration(fm.spec.rollout.progress_deadline)
     stalled = bool(failure) and stalled_by_pods(fm.status.conditions, failure, deadline_s, now)
     status = _with_replicas(status, fm, live, planned)
-    conditions = merge_conditions(
-        fm.status.conditions, desired_conditions(status, failure, detail, stalled), fm.metadata.generation, now
-    )
+    wanted = desired_conditions(status, failure, detail, stalled)
+    drift = await _watch_stable(ctx, fm, status, now)
+    if drift is not None:
+        wanted.append(drift)
+        if (news := drift_event(_drifting(fm, status), drift)) is not None:
+            events.append(news)
+    conditions = merge_conditions(fm.status.conditions, wanted, fm.metadata.generation, now)
     status = status.model_copy(update={"conditions": conditions})
     previous = next((c for c in fm.status.conditions if c.type == "Degraded"), None)
     if failure and (previous is None or previous.reason != failure or previous.message != detail):

@@ -69,6 +69,9 @@ OPERATOR_METRICS = frozenset(
         "fraudmodel_operator_phase",
         "fraudmodel_operator_progress_deadline_exceeded",
         "fraudmodel_operator_canary_effective_share",
+        "fraudmodel_operator_drifting",
+        "fraudmodel_operator_drift_value",
+        "fraudmodel_operator_drift_threshold",
     }
 )
 SERVING_METRICS = frozenset(
@@ -83,6 +86,11 @@ SERVING_METRICS = frozenset(
         "fraud_model_sticky_transactions_total",
         "fraud_model_sticky_fallbacks_total",
         "fraud_model_sticky_forward_duration_seconds_bucket",
+        "fraud_model_feature_bucket",
+        "fraud_model_reference_score_bucket",
+        "fraud_model_reference_feature_bucket",
+        "fraud_model_reference_samples",
+        "fraud_model_reference_flag_rate",
     }
 )
 # Kinds of the Prometheus Operator: no schemas in the Kubernetes OpenAPI; checked structurally below.
@@ -426,9 +434,13 @@ def metric_names(expr: str) -> set[str]:
     return set(METRIC_NAME.findall(expr))
 
 
+RECORDED_NAME = re.compile(r"\b(fraud_model:\w+:\w+)\b")
+
+
 def test_prometheus_rule_alerts_reference_existing_metrics() -> None:
     rule = one(monitoring_docs(), "PrometheusRule")
-    alerts = {r["alert"]: r for group in rule["spec"]["groups"] for r in group["rules"]}
+    groups = {group["name"]: group["rules"] for group in rule["spec"]["groups"]}
+    alerts = {r["alert"]: r for r in groups["fraudmodel-operator"]}
     assert {
         "FraudModelRolledBack",
         "FraudModelProgressDeadlineExceeded",
@@ -443,6 +455,23 @@ def test_prometheus_rule_alerts_reference_existing_metrics() -> None:
         assert alert["annotations"]["summary"]
     service = one(monitoring_docs(), "Service")["metadata"]
     assert f'job="{service["name"]}"' in alerts["FraudModelOperatorDown"]["expr"]
+
+
+def test_drift_rules_read_what_the_serving_pods_and_the_operator_export() -> None:
+    """Each drift rule reads metrics that exist or series an earlier rule of its group records."""
+    rule = one(monitoring_docs(), "PrometheusRule")
+    drift = next(group["rules"] for group in rule["spec"]["groups"] if group["name"] == "fraudmodel-drift")
+    recorded: set[str] = set()
+    for r in drift:
+        used = metric_names(r["expr"])
+        assert used <= SERVING_METRICS | OPERATOR_METRICS, f"{r.get('record') or r['alert']}: {used}"
+        assert set(RECORDED_NAME.findall(r["expr"])) <= recorded, r
+        assert used or RECORDED_NAME.search(r["expr"]), r
+        if "record" in r:
+            recorded.add(r["record"])
+    alerts = {r["alert"] for r in drift if "alert" in r}
+    assert alerts == {"FraudModelScoreDrift", "FraudModelFeatureDrift", "FraudModelFlagRateShift", "FraudModelDrifting"}
+    assert {"fraud_model:flag_rate:1h", "fraud_model:flag_rate:1d", "fraud_model:score_psi:1h"} <= recorded
 
 
 def test_service_monitor_selects_the_metrics_service() -> None:
@@ -484,8 +513,13 @@ def test_dashboard_configmap_is_valid_and_shows_what_users_watch() -> None:
         "bentoml_service_request_total",
         "fraud_model_decisions_total",
         "fraud_model_score_bucket",
+        "fraudmodel_operator_drifting",  # drift after promotion: the operator's condition and the reference
+        "fraudmodel_operator_drift_value",
+        "fraud_model_reference_flag_rate",
     }
     assert must_show <= used, must_show - used
+    recorded = set().union(*(RECORDED_NAME.findall(e) for e in exprs))
+    assert {"fraud_model:score_psi:1h", "fraud_model:feature_psi:1h", "fraud_model:flag_rate:1d"} <= recorded
     per_track = [e for e in exprs if metric_names(e) & SERVING_METRICS]
     assert all("track" in e for e in per_track), "serving panels must split by track"
     ids = [p["id"] for p in dashboard["panels"]]

@@ -65,6 +65,8 @@ class _Families:
     reference_feature: Any
     routing_info: Any
     routing_errors: Any
+    reference_samples: Any
+    reference_flag_rate: Any
 
 
 def score_buckets(threshold: float) -> tuple[float, ...]:
@@ -148,6 +150,21 @@ def _families(buckets: tuple[float, ...]) -> _Families:
             "Routing config files the edge could not use (it then routes nothing).",
             labels,
         ),
+        # What the operator needs to judge the distance from the reference: the sample's size (its
+        # sampling noise) and the flag rate it gives at the served threshold (docs/operator.md,
+        # "Monitoring after promotion").
+        reference_samples=prom.Gauge(
+            "fraud_model_reference_samples",
+            "Rows in the model's reference sample (the reference distributions are shares of it).",
+            labels,
+            multiprocess_mode="max",
+        ),
+        reference_flag_rate=prom.Gauge(
+            "fraud_model_reference_flag_rate",
+            "Share of the model's reference scores at or above the served decision threshold.",
+            labels,
+            multiprocess_mode="max",
+        ),
     )
 
 
@@ -172,6 +189,7 @@ class ServiceMetrics:
 
     def __init__(self, version: str, track: str, threshold: float = 0.5) -> None:
         self.buckets = score_buckets(threshold)
+        self.threshold = threshold
         f = self._families = _families(self.buckets)
         self.labels = (version, track)
         self._features = [f.feature.labels(version, track, name) for name in MONITORED_FEATURES]
@@ -205,6 +223,11 @@ class ServiceMetrics:
     def publish_reference(self, scores: Iterable[float], features: dict[str, Iterable[float]]) -> None:
         """Set the reference distributions (from the model's saved reference sample)."""
         f = self._families
+        scores = list(scores)
+        if scores:
+            f.reference_samples.labels(*self.labels).set(len(scores))
+            flagged = sum(1 for s in scores if s >= self.threshold)
+            f.reference_flag_rate.labels(*self.labels).set(flagged / len(scores))
         bounds = (*self.buckets, float("inf"))
         for bound, share in zip(bounds, cumulative_shares(scores, self.buckets), strict=True):
             f.reference_score.labels(*self.labels, _le(bound)).set(share)

@@ -67,7 +67,10 @@ def test_average_precision_and_recall_at_fpr() -> None:
     y = np.array([1, 0, 1, 0, 0])
     s = np.array([0.9, 0.8, 0.7, 0.2, 0.1])
     assert average_precision(y, s) == pytest.approx((1 + 2 / 3) / 2)
-    assert recall_at_fpr(np.array([0] * 100 + [1] * 10), np.r_[np.linspace(0, 0.5, 100), np.full(10, 0.9)]) == 1.0
+    assert (
+        recall_at_fpr(np.array([0] * 100 + [1] * 10), np.r_[np.linspace(0, 0.5, 100), np.full(10, 0.9)])
+        == 1.0
+    )
 
 
 def test_psi_zero_for_same_and_large_for_moved() -> None:

@@ -50,6 +50,8 @@ def test_reference_and_live_features_are_published_on_the_live_buckets() -> None
     assert list(ref) == [repr(b) for b in score_buckets(0.5)] + ["+Inf"]
     assert ref["0.5"] == pytest.approx(0.8) and ref["+Inf"] == 1.0
     values = list(ref.values())
+    assert _samples("fraud_model_reference_samples", model_version="vmon") == {"": 5.0}
+    assert _samples("fraud_model_reference_flag_rate", model_version="vmon") == {"": pytest.approx(0.2)}
     assert values == sorted(values)
     amount = _samples("fraud_model_reference_feature_bucket", model_version="vmon", feature="amount")
     assert len(amount) == len(FEATURE_BUCKETS) + 1
