@@ -20,7 +20,7 @@ ALL_BINARIES=(kube-apiserver kube-controller-manager kube-scheduler kubectl etcd
   kwok kwokctl metrics-server helm kubeconform)
 # The real node's binaries (scripts/cluster/build --node, up --real-node); the CNI
 # plugins go to $BIN_DIR/cni, the directory containerd is given.
-NODE_BINARIES=(kubelet kube-proxy containerd containerd-shim-runc-v2 ctr)
+NODE_BINARIES=(kubelet kube-proxy containerd containerd-shim-runc-v2 ctr coredns)
 CNI_PLUGINS=(bridge host-local loopback portmap)
 CNI_BIN_DIR="$BIN_DIR/cni"
 
@@ -43,6 +43,7 @@ want_version() {
   kubeconform) echo "$FRAUDMODEL_KUBECONFORM_VERSION" ;;
   kubelet | kube-proxy) echo "$FRAUDMODEL_KUBE_VERSION" ;;
   containerd | containerd-shim-runc-v2 | ctr) echo "$FRAUDMODEL_CONTAINERD_VERSION" ;;
+  coredns) echo "$FRAUDMODEL_COREDNS_VERSION" ;;
   *) die "unknown binary $1" ;;
   esac
 }
@@ -55,6 +56,7 @@ probe_version() {
   helm) timeout 10 "$path" version --short 2>&1 | head -3 ;;
   kubeconform) timeout 10 "$path" -v 2>&1 | head -3 ;;
   containerd-shim-runc-v2) timeout 10 "$path" -v 2>&1 | head -3 ;;
+  coredns) timeout 10 "$path" -version 2>&1 | head -3 ;;
   *) timeout 10 "$path" --version 2>&1 | head -3 ;;
   esac
 }

@@ -14,7 +14,7 @@ import json
 import tarfile
 from pathlib import Path
 
-APPLETS = ("sh", "sleep", "httpd", "wget", "nc", "cat", "echo", "id", "ls", "hostname", "mkdir")
+APPLETS = ("sh", "sleep", "httpd", "wget", "nc", "cat", "echo", "id", "ls", "hostname", "mkdir", "nslookup")
 
 
 def _tar_info(name: str, *, size: int = 0, mode: int = 0o644, kind: bytes = tarfile.REGTYPE) -> tarfile.TarInfo:

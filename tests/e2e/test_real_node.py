@@ -147,6 +147,22 @@ def test_pods_reach_services_and_the_api_server(workload: Cluster) -> None:
     workload.kubectl("exec", "-n", NAMESPACE, pod, "--", "sh", "-c", f"nc -w 5 {api} 443 </dev/null")
 
 
+def test_pods_resolve_services_through_cluster_dns(workload: Cluster) -> None:
+    """The kubelet gives pods the kube-dns Service as nameserver, with the cluster's search
+    path; CoreDNS answers from the API's Services (what the operator's in-cluster client needs)."""
+    pod = workload.get("pods", "-n", NAMESPACE, "-l", "app=e2e-busybox")["items"][0]["metadata"]["name"]
+    resolv = workload.kubectl("exec", "-n", NAMESPACE, pod, "--", "cat", "/etc/resolv.conf")
+    dns = workload.service_ip("kube-system", "kube-dns")
+    assert f"nameserver {dns}" in resolv, resolv
+    assert f"search {NAMESPACE}.svc.cluster.local svc.cluster.local cluster.local" in resolv, resolv
+    # busybox's nslookup asks the nameserver of resolv.conf but applies no search path (and
+    # its static wget cannot resolve at all): full names here; the search path is asserted above.
+    for service, namespace in (("kubernetes", "default"), ("e2e-busybox", NAMESPACE), ("kube-dns", "kube-system")):
+        fqdn = f"{service}.{namespace}.svc.cluster.local"
+        answer = workload.kubectl("exec", "-n", NAMESPACE, pod, "--", "nslookup", fqdn)
+        assert f"Address: {workload.service_ip(namespace, service)}" in answer, answer
+
+
 def test_metrics_server_reads_the_kubelet(workload: Cluster) -> None:
     node = next(n for n in workload.get("nodes")["items"] if n["metadata"]["name"].endswith("-node"))["metadata"]
 
