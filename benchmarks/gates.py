@@ -41,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).parents[1] / "operator"))
 from fraudmodel_operator.analysis import Vector, run_analysis
 from fraudmodel_operator.api import FraudModel, Phase, parse_duration
 from fraudmodel_operator.rollout import Observed, analysis_due, next_status
+from fraudmodel_operator.stats import wilson
 
 T0 = datetime(2026, 12, 1, tzinfo=UTC)
 BASE_FLAG_RATE = 0.01
@@ -49,11 +50,23 @@ SCORE_SIGMA = 2.0  # logit-normal scores: median ~0.01 at a 1% flag rate
 REJECT_RATE = 0.002
 LATENCY_MEDIAN, LATENCY_SIGMA = 0.006, 0.5
 SHED_LATENCY = 0.0005
-# BentoML's default request-duration buckets.
-LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, math.inf)
+
+
+def latency_buckets(start: float = 0.001, factor: float = 1.25, end: float = 10.0) -> tuple[float, ...]:
+    """The bento's request-duration buckets (bentos/fraud_detector/fraud_detector/service.py:
+    BentoML's exponential layout from 1 ms, 25% apart, up to 10 s), +Inf last."""
+    out, bound = [], start
+    while bound < end:
+        out.append(bound)
+        bound *= factor
+    return (*out, end, math.inf)
+
+
+LATENCY_BUCKETS = latency_buckets()
 RATIOS = (0.0, 0.3, 0.5, 0.8, 1.0, 1.25, 2.0, 3.0)
-RPS = (30.0, 50.0, 500.0, 5000.0)
+RPS = (5.0, 50.0, 250.0)
 _N = NormalDist()
+Z95 = _N.inv_cdf(0.975)
 
 
 def score_buckets(threshold: float) -> tuple[float, ...]:
@@ -86,6 +99,7 @@ def canaries() -> list[Canary]:
     out += [
         Canary("+1pp errors", extra_errors=0.01),
         Canary("+5pp errors", extra_errors=0.05, bad=True),
+        Canary("+5ms latency", extra_latency=0.005),  # p95 stays inside stable p95 + 10 ms: should pass
         Canary("+20ms latency", extra_latency=0.020),
         Canary("30% shed", shed=0.30, bad=True),
     ]
@@ -360,6 +374,10 @@ class Row:
     def share(self, outcome: str) -> float:
         return sum(r.outcome == outcome for r in self.results) / len(self.results)
 
+    def interval(self, outcome: str) -> tuple[float, float]:
+        """The 95% Wilson interval of the share of rollouts that ended in `outcome`."""
+        return wilson(sum(r.outcome == outcome for r in self.results), len(self.results), Z95)
+
     @property
     def median_minutes(self) -> float | None:
         decided = [r.minutes for r in self.results if r.outcome in ("Promoted", "RolledBack")]
@@ -384,7 +402,9 @@ class Row:
             "rps": self.rps,
             "runs": len(self.results),
             "promoted": self.share("Promoted"),
+            "promotedInterval95": self.interval("Promoted"),
             "rolledBack": self.share("RolledBack"),
+            "rolledBackInterval95": self.interval("RolledBack"),
             "everPaused": sum(r.paused for r in self.results) / len(self.results),
             "undecided": self.share("Undecided"),
             "medianMinutes": self.median_minutes,
@@ -412,15 +432,21 @@ async def simulate(
     return rows
 
 
+def _share(row: Row, outcome: str) -> str:
+    low, high = row.interval(outcome)
+    return f"{row.share(outcome):.1%} ({low:.1%}-{high:.1%})"
+
+
 def table(rows: list[Row]) -> str:
+    """One line per canary and rate; shares with their 95% Wilson intervals."""
     lines = [
-        f"{'canary':<16} {'rps':>6} {'promoted':>9} {'rolled back':>12} {'paused':>7} {'neither':>8} "
-        f"{'median min':>11}  target",
+        f"{'canary':<16} {'rps':>6} {'promoted (95% CI)':>22} {'rolled back (95% CI)':>22} {'paused':>7} "
+        f"{'neither':>8} {'median min':>11}  target",
     ]
     for row in rows:
         median = "-" if row.median_minutes is None else f"{row.median_minutes:.1f}"
         lines.append(
-            f"{row.canary.name:<16} {row.rps:>6g} {row.share('Promoted'):>9.1%} {row.share('RolledBack'):>12.1%} "
+            f"{row.canary.name:<16} {row.rps:>6g} {_share(row, 'Promoted'):>22} {_share(row, 'RolledBack'):>22} "
             f"{row.paused:>7.1%} {row.share('Undecided'):>8.1%} {median:>11}  {row.target()}"
         )
     return "\n".join(lines)

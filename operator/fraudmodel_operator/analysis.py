@@ -43,7 +43,6 @@ from fraudmodel_operator.stats import chi2_quantile, clopper_pearson, look_alpha
 Vector = list[tuple[dict[str, str], float]]
 Histogram = tuple[tuple[float, float], ...]  # cumulative (le, count), ascending le, +Inf last
 PREDICT_ENDPOINTS = "/predict.*"
-MIN_TAIL_SAMPLES = 5  # requests beyond a latency quantile, per track, for it to mean anything
 PSI_EPSILON = 1e-4
 PSI_MIN_EXPECTED = 5.0
 MIN_RANGE_SECONDS = 10  # shortest query range: a few scrapes
@@ -413,36 +412,9 @@ def assess(
     if checks.shed_rate.enabled:
         results.append(share_check("shedRate", canary.shed, stable.shed, checks.shed_rate.max_delta, "shed rate"))
 
-    def latency_check(lat: LatencyCheck) -> CheckResult:
-        q_name = f"p{round(lat.quantile * 100, 2):g}"
-        c_q, s_q = quantile(canary.latency, lat.quantile), quantile(stable.latency, lat.quantile)
-        s = s_q[0] if s_q else None
-        limit = None if s is None else max(s * lat.max_ratio, s + lat.tolerance_seconds)
-        if lat.max_seconds is not None:
-            limit = lat.max_seconds if limit is None else min(limit, lat.max_seconds)
-        threshold = f"<= {limit:.4g}s" if limit is not None else f"<= stable x {lat.max_ratio:g}"
-        if (result := guard("latency", threshold)) is not None:
-            return result
-        if c_q is None or limit is None or s_q is None:
-            return _inconclusive("latency", threshold, "no latency histogram", samples)
-        c, c_n = c_q
-        if min(c_n, s_q[1]) * (1 - lat.quantile) < MIN_TAIL_SAMPLES:
-            needed = math.ceil(MIN_TAIL_SAMPLES / (1 - lat.quantile))
-            why = f"{q_name} needs {needed} answered requests per track in the step for {MIN_TAIL_SAMPLES} beyond it"
-            return _inconclusive("latency", threshold, why, samples)
-        ok = c <= limit
-        return CheckResult(
-            name="latency",
-            verdict=Verdict.PASS if ok else Verdict.FAIL,
-            value=c,
-            baseline=s,
-            threshold=threshold,
-            samples=samples,
-            message=f"canary {q_name} {c * 1000:.1f}ms vs stable {(s or 0) * 1000:.1f}ms",
-        )
-
     if checks.latency.enabled:
-        results.append(latency_check(checks.latency))
+        result = guard("latency", f"p{round(checks.latency.quantile * 100, 2):g} within limits")
+        results.append(result or _latency(checks.latency, canary, stable, samples, alpha, looks_of("latency")))
 
     if checks.score_drift.enabled:
         results.append(_drift(spec, canary, stable, ctx, samples, guard))
@@ -496,6 +468,78 @@ def assess(
                 )
             )
     return results
+
+
+def slow_edge(bounds: list[float], limit: float) -> float:
+    """The bucket bound latency exceedances are counted at: the smallest finite bound at or above
+    `limit` (a request is called slow only when it is surely beyond the limit), else the largest."""
+    finite = sorted(b for b in bounds if math.isfinite(b))
+    return next((b for b in finite if b >= limit - 1e-12), finite[-1])
+
+
+def _latency(
+    lat: LatencyCheck, canary: TrackMeasures, stable: TrackMeasures, samples: int | None, alpha: float, looks: int
+) -> CheckResult:
+    """Latency as a test on counts, not a comparison of two noisy quantiles.
+
+    The limit is the stable's q-quantile over the step, times maxRatio or plus toleranceSeconds
+    (whichever is larger), counted at the first bucket bound at or above it. The canary's
+    q-quantile is beyond that bound exactly when more than 1 - q of its answers are; the stable
+    has at most 1 - q beyond it by construction. So the check compares the share of answers
+    beyond the bound, canary minus stable (Newcombe's interval, alpha spent over looks like the
+    other share checks): Fail when the excess is surely above 1 - q, Pass when it is surely
+    below, Inconclusive in between. Load that slows both tracks moves both shares, not the
+    difference. maxSeconds adds a one-sample test: the canary's share beyond that bound against
+    1 - q (exact interval), each test then spending half the look's alpha.
+    """
+    q = lat.quantile
+    tail = 1 - q
+    q_name = f"p{round(q * 100, 2):g}"
+    stable_q = quantile(stable.latency, q)
+    if not canary.latency or not stable.latency or stable_q is None or canary.latency[-1][1] <= 0:
+        return _inconclusive("latency", f"{q_name} within limits", "no answered requests in the latency histogram")
+    s = stable_q[0]
+    limit = max(s * lat.max_ratio, s + lat.tolerance_seconds)
+    threshold = f"{q_name} <= {limit:.4g}s" + (f" and <= {lat.max_seconds:g}s" if lat.max_seconds else "")
+    k = looks + 1
+    a = look_alpha(alpha, k) / (2 if lat.max_seconds is not None else 1)
+    bounds = [le for le, _, _ in shared_bins(canary.latency, stable.latency)]
+    if not any(math.isfinite(b) for b in bounds):
+        return _inconclusive("latency", threshold, "the tracks' latency histograms share no bucket bound", samples)
+    edge = slow_edge(bounds, limit)
+    slow_c, n_c = exceedance(canary.latency, edge)
+    slow_s, n_s = exceedance(stable.latency, edge)
+    excess, lower, upper = newcombe(slow_c, n_c, slow_s, n_s, z_of(a))
+    below = " (the last finite bucket bound, below the limit)" if edge < limit - 1e-12 else ""
+    verdicts = [Verdict.FAIL if lower > tail else Verdict.PASS if upper <= tail else Verdict.INCONCLUSIVE]
+    message = (
+        f"answers slower than {edge * 1000:.4g}ms{below} (limit: stable {q_name} {s * 1000:.1f}ms -> "
+        f"{limit * 1000:.1f}ms): "
+        f"canary {slow_c / n_c:.2%} of {int(n_c)}, stable {slow_s / n_s:.2%} of {int(n_s)}, excess {excess:+.2%} "
+        f"(interval {lower:+.2%} to {upper:+.2%}, look {k}; allowed {tail:.2%})"
+    )
+    if lat.max_seconds is not None:
+        ceiling = slow_edge([le for le, _ in canary.latency], lat.max_seconds)
+        over, _ = exceedance(canary.latency, ceiling)
+        low_share, high_share = clopper_pearson(over, n_c, a)
+        verdicts.append(
+            Verdict.FAIL if low_share > tail else Verdict.PASS if high_share <= tail else Verdict.INCONCLUSIVE
+        )
+        message += (
+            f"; canary answers slower than {ceiling * 1000:.4g}ms (maxSeconds): {over / n_c:.2%} "
+            f"(interval {low_share:.2%}-{high_share:.2%}; allowed {tail:.2%})"
+        )
+    canary_q = quantile(canary.latency, q)
+    return CheckResult(
+        name="latency",
+        verdict=overall_of(verdicts),
+        value=_finite(canary_q[0]) if canary_q else None,
+        baseline=_finite(s),
+        threshold=threshold,
+        samples=samples,
+        looks=k,
+        message=message,
+    )
 
 
 def _drift(
@@ -608,10 +652,15 @@ def _flag_rate(
 
 def overall(results: list[CheckResult]) -> Verdict:
     """Any Fail fails; else any Inconclusive is inconclusive; else Pass (no checks is inconclusive)."""
-    verdicts = {r.verdict for r in results}
+    return overall_of([r.verdict for r in results])
+
+
+def overall_of(found: list[Verdict]) -> Verdict:
+    """`overall()` of bare verdicts."""
+    verdicts = set(found)
     if Verdict.FAIL in verdicts:
         return Verdict.FAIL
-    if Verdict.INCONCLUSIVE in verdicts or not results:
+    if Verdict.INCONCLUSIVE in verdicts or not verdicts:
         return Verdict.INCONCLUSIVE
     return Verdict.PASS
 

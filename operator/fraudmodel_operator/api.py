@@ -694,28 +694,36 @@ class ShedRateCheck(_Model):
 
 
 class LatencyCheck(_Model):
-    """A latency quantile of the canary vs the stable."""
+    """Latency of answered (2xx) requests since the step started, as a test on counts: the limit is
+    the stable's quantile times maxRatio or plus toleranceSeconds (the larger), counted at the first
+    histogram bucket bound at or above it. The canary's quantile is beyond that bound when more than
+    1 - quantile of its answers are, so the check compares the share of answers beyond it, canary
+    minus stable, with an interval (alpha spent over looks): Fail when that excess is surely above
+    1 - quantile, Pass when surely below, Inconclusive in between."""
 
     enabled: bool = Field(default=True, description="Run this check.")
     quantile: float = Field(
         default=0.95,
         gt=0.0,
         lt=1.0,
-        description="Quantile to compare. Each track needs 5 requests beyond it in the window (p95: 100 "
-        "requests, p99: 500), else the check is Inconclusive: a tail of one or two requests is noise.",
+        description="Quantile the limit applies to: the canary may have at most 1 - quantile more of its "
+        "answers beyond the limit than the stable (p95: 5 percentage points).",
     )
     max_ratio: float = Field(
-        default=1.5, ge=1.0, le=100.0, description="Fail when canary quantile > stable quantile x maxRatio."
+        default=1.5, ge=1.0, le=100.0, description="Limit: the stable's quantile x maxRatio (or + toleranceSeconds)."
     )
     tolerance_seconds: float = Field(
         default=0.01,
         ge=0.0,
         le=60.0,
-        description="Slowdowns up to this many seconds over the stable quantile never fail: a tail "
-        "quantile of a few hundred fast requests is noisy, and +10ms on a 8ms p99 is not a regression.",
+        description="Limit: the stable's quantile + this many seconds, when that is above the ratio's limit: "
+        "+10ms on a 8ms p99 is not a regression.",
     )
     max_seconds: float | None = Field(
-        default=None, gt=0, description="Optional absolute ceiling on the canary quantile, in seconds."
+        default=None,
+        gt=0,
+        description="Optional absolute ceiling: Fail when surely more than 1 - quantile of the canary's answers "
+        "are beyond the first bucket bound at or above it.",
     )
 
 
@@ -791,7 +799,9 @@ class BuiltinChecks(_Model):
     )
     latency: LatencyCheck = Field(
         default_factory=LatencyCheck,
-        description="A quantile of answered (2xx) requests since the step started, canary vs stable.",
+        description="Answered (2xx) requests since the step started: the canary's share beyond the stable's "
+        "quantile (x maxRatio or + toleranceSeconds) may exceed the stable's by at most 1 - quantile; judged "
+        "with Newcombe's interval, alpha spent over looks.",
     )
     score_drift: ScoreDriftCheck = Field(
         default_factory=ScoreDriftCheck,

@@ -29,7 +29,7 @@ from tests.unit.factories import T0, at, canary, fraudmodel, track
 N = NormalDist()
 BUCKETS = [i / 20 for i in range(1, 21)]  # the bento's old linear layout
 LOG_EDGES = sorted({float(f"{10 ** (-5 + i / 5):.3g}") for i in range(26)} | {0.9, 0.99, 0.5})  # its new one
-LATENCY_EDGES = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0)
+LATENCY_EDGES = tuple(0.001 * 1.25**i for i in range(42))  # the bento's: 1 ms, 25% apart (service.py)
 
 
 def scores(flag_rate: float, n: float, edges: list[float] | None = None, sigma: float = 2.0) -> Histogram:
@@ -370,11 +370,71 @@ def test_latency_tolerance(shift: float, verdict: Verdict) -> None:
     assert verdicts(measures(latency_shift=shift))["latency"] == verdict
 
 
-def test_a_tail_quantile_of_too_few_requests_is_inconclusive() -> None:
-    spec = AnalysisSpec.model_validate({"minSamples": 100, "checks": {"latency": {"quantile": 0.99}}})
-    found = results(measures(requests=300, latency_shift=0.5), measures(requests=300), spec=spec)["latency"]
-    assert found.verdict == Verdict.INCONCLUSIVE
-    assert "p99 needs 500" in found.message
+def sampled_latency(rng: random.Random, n: int, slow_share: float = 0.0, slow_by: float = 0.1) -> Histogram:
+    """A histogram of n lognormal answers (median 6 ms) of which `slow_share` take `slow_by` longer."""
+    draws = sorted(
+        rng.lognormvariate(math.log(0.006), 0.5) + (slow_by if rng.random() < slow_share else 0.0) for _ in range(n)
+    )
+    out, i = [], 0
+    for edge in LATENCY_EDGES:
+        while i < n and draws[i] <= edge:
+            i += 1
+        out.append((edge, float(i)))
+    return (*out, (math.inf, float(n)))
+
+
+def latency_verdict(canary: Histogram, stable: Histogram, spec: AnalysisSpec = SPEC) -> CheckResult:
+    n = canary[-1][1]
+    return results(
+        TrackMeasures(requests=n, latency=canary), TrackMeasures(requests=stable[-1][1], latency=stable), spec=spec
+    )["latency"]
+
+
+def test_latency_of_two_identical_tracks_fails_at_most_alpha_even_with_no_tolerance() -> None:
+    """Old rule: canary p95 > stable p95 x maxRatio on point estimates: with maxRatio 1 and no tolerance,
+    an identical canary failed about half the time; the count test fails it with at most alpha."""
+    strict = AnalysisSpec.model_validate(
+        {"minSamples": 100, "checks": {"latency": {"maxRatio": 1.0, "toleranceSeconds": 0}}}
+    )
+    rng = random.Random(7)
+    found = [
+        latency_verdict(sampled_latency(rng, 1000), sampled_latency(rng, 1000), strict).verdict for _ in range(300)
+    ]
+    assert found.count(Verdict.FAIL) / len(found) <= strict.alpha
+    assert found.count(Verdict.PASS) > 0.9 * len(found)
+
+
+@pytest.mark.parametrize(
+    ("slow_share", "n", "verdict"),
+    [(0.02, 20_000, Verdict.PASS), (0.15, 20_000, Verdict.FAIL), (0.08, 150, Verdict.INCONCLUSIVE)],
+    ids=["2pct-stalls-leave-p95-alone", "15pct-stalls-move-p95", "8pct-of-150-not-yet-sure"],
+)
+def test_latency_counts_answers_beyond_the_limit(slow_share: float, n: int, verdict: Verdict) -> None:
+    """A canary whose answers stall 100 ms now and then: p95 moves only when more than 5% of them do."""
+    rng = random.Random(3)
+    found = latency_verdict(sampled_latency(rng, n, slow_share), sampled_latency(rng, n))
+    assert found.verdict == verdict, found.message
+    assert "allowed 5.00%" in found.message
+
+
+def test_latency_of_a_track_slowed_with_the_stable_passes() -> None:
+    """Load that slows both tracks moves the limit with them: the test compares shares, not fixed times."""
+    found = results(measures(latency_shift=0.05), measures(latency_shift=0.05))["latency"]
+    assert found.verdict == Verdict.PASS
+
+
+def test_latency_max_seconds_is_a_ceiling_on_the_canary() -> None:
+    spec = AnalysisSpec.model_validate({"minSamples": 100, "checks": {"latency": {"maxSeconds": 0.02}}})
+    slow_together = results(measures(latency_shift=0.03), measures(latency_shift=0.03), spec=spec)["latency"]
+    assert slow_together.verdict == Verdict.FAIL
+    assert "maxSeconds" in slow_together.message
+    assert results(measures(), spec=spec)["latency"].verdict == Verdict.PASS
+
+
+def test_latency_spends_alpha_over_looks() -> None:
+    first = latency_verdict(latency(20_000), latency(20_000))
+    later = results(measures(), looks={"latency": 9})["latency"]
+    assert (first.looks, later.looks) == (1, 10)
 
 
 @pytest.mark.parametrize(
