@@ -4,7 +4,8 @@ Used by the demo (`./scripts/demo`), the integration and cluster tiers and the r
 benchmark. Each track is a BentoML server of `bentos/fraud_detector` on a loopback port;
 Prometheus (Debian's package) scrapes both every second with the labels the chart's
 PodMonitor sets (`fraudmodel`, `namespace`, `track`); traffic goes to the canary with the
-probability of the weight the operator wrote into the FraudModel's status.
+probability of the weight the router really gives it, as the operator reports it in the
+FraudModel's status (`status.canary.effectiveWeight`).
 
     .venv/bin/python scripts/dataplane.py --stable v1 --canary v2-miscalibrated \\
         --fraudmodel fraud-detector --namespace default --state DIR
@@ -320,10 +321,21 @@ async def _post(client: httpx.AsyncClient, url: str, body: dict[str, Any]) -> No
         await client.post(url, json=body)
 
 
-def canary_weight(status: dict[str, Any]) -> int:
-    """The weight traffic should follow: the canary's, while one runs."""
+def canary_weight(status: dict[str, Any], effective: bool = True) -> int:
+    """The share of traffic the canary gets, which the traffic follows: `effectiveWeight` (read back
+    from the router: with replicaRatio, the canary's share of the ready pods behind the shared
+    Service), else `routedWeight` (last written to the router), else the step's `weight`; 0 without a
+    canary. `effective=False` skips the read-back: the emulated API of the integration tier merges
+    applied maps where a real API server replaces the fields the operator applied, so its shared
+    Service never drops the track selector and the read-back stays 0 (the cluster tier and the demo
+    run a real API server and follow the read-back)."""
     canary = status.get("canary") or {}
-    return int(canary.get("weight", 0)) if canary.get("version") else 0
+    if not canary.get("version"):
+        return 0
+    for key in ("effectiveWeight", "routedWeight", "weight")[0 if effective else 1 :]:
+        if canary.get(key) is not None:
+            return int(canary[key])
+    return 0
 
 
 async def main() -> None:

@@ -104,7 +104,11 @@ async def rollout_world(
     async with operator_harness(provider_for) as harness:
         tasks = [
             asyncio.create_task(play_deployment_controller(harness)),
-            asyncio.create_task(send_traffic(lambda: canary_weight(harness.status("bot")), urls, bodies, rps=rps)),
+            # The routed weight, not the read-back: the emulated API merges the shared Service's selector
+            # (scripts/dataplane.py, canary_weight).
+            asyncio.create_task(
+                send_traffic(lambda: canary_weight(harness.status("bot"), effective=False), urls, bodies, rps=rps)
+            ),
         ]
         try:
             await harness.create(fraudmodel(GOOD, prometheus.url))
