@@ -201,6 +201,9 @@ async def read_routing(ctx: Context, fm: FraudModel, target: FraudModel) -> Rout
     return Routing(router, weights, old, old_weights[1] if old_weights else 0)
 
 
+ROUTE_RANKS = ("reduce", "expose")  # writes that move traffic (ordering.RANKS)
+
+
 @dataclass
 class Applied:
     """What executing a write plan did."""
@@ -234,7 +237,9 @@ async def execute(ctx: Context, target: FraudModel, routing: Routing, plan: Writ
         except WriteRefused as exc:
             log.warning("%s/%s: %s refused: %s", target.metadata.namespace, target.metadata.name, write.verb, exc)
             done.refused.append(str(exc))
-            done.routed = done.routed and write.verb not in ("route", "finalize-old") and write.rank != "reduce"
+            # A refused route write, or a refused apply of the replica-ratio router's route (the shared
+            # Service, ranked reduce or expose), leaves the traffic where it was.
+            done.routed = done.routed and write.verb not in ("route", "finalize-old") and write.rank not in ROUTE_RANKS
             continue
         except NotServable as exc:
             done.unservable = str(exc)

@@ -410,3 +410,24 @@ async def test_a_first_route_is_written_after_the_services_it_names() -> None:
     await run(fm, {}, cluster)
     writes = cluster.writes()
     assert writes.index(("apply", "HTTPRoute", "bot-route")) > writes.index(("apply", "Service", "bot-stable"))
+
+
+async def test_replica_ratio_keeps_the_stable_when_the_shared_service_write_is_refused() -> None:
+    """With replicaRatio the shared Service is the route: when the API server refuses the write that
+    adds the canary's pods to it, the stable must not shrink for traffic the canary never got (the
+    stable went 4 -> 3 pods behind a Service that still sent it everything)."""
+    before = running(0, RATIO, replicas=4)
+    fm = running(25, RATIO, replicas=4)
+    live = live_of(before, ready={"bot-canary": 1})
+    cluster = Cluster(refuse={("Service", "bot"): "admission webhook denied the request"})
+    result = await run(fm, live, cluster)
+    assert ("apply", "Service", "bot") in cluster.writes(), "attempted, refused, collected"
+    assert ("apply", "Deployment", "bot-stable") not in cluster.writes(), "the stable keeps its 4 pods"
+    assert result.status.canary is not None
+    assert result.status.canary.routed_weight in (None, 0), "status does not claim a route the cluster lacks"
+    assert any(c.reason == "ApplyFailed" for c in result.status.conditions)
+
+    cluster.refuse.clear()  # the write goes through at the next reconcile: then the stable shrinks after it
+    await run(fm, live, cluster)
+    order = [w for w in cluster.writes() if w[1:] in {("Service", "bot"), ("Deployment", "bot-stable")}]
+    assert order[-2:] == [("apply", "Service", "bot"), ("apply", "Deployment", "bot-stable")]
