@@ -266,7 +266,7 @@ async def image_pull_failed(c: Cluster) -> None:
 
 async def image_pull_failed_past_deadline(c: Cluster) -> None:
     await image_pull_failed(c)
-    await c.reconcile(46 * 60)  # progressDeadline 45m
+    await c.reconcile(76 * 60)  # progressDeadline 75m
 
 
 async def canary_crash_loop(c: Cluster) -> None:

@@ -124,7 +124,7 @@ CASES = [
     Case(
         "paused-time-does-not-count-against-the-deadline",
         running(paused_seconds=3600.0),
-        Hold("analysis inconclusive (1/40)"),
+        Hold("analysis inconclusive (1/60)"),
         analysis=analysis(Verdict.INCONCLUSIVE),
         now=3700,
     ),
@@ -173,13 +173,13 @@ CASES = [
     Case(
         "inconclusive-holds-never-passes",
         running(),
-        Hold("analysis inconclusive (1/40)"),
+        Hold("analysis inconclusive (1/60)"),
         analysis=analysis(Verdict.INCONCLUSIVE),
     ),
     Case(
         "inconclusive-limit-pauses",
-        running(inconclusive_checks=39),
-        Pause("40 inconclusive analyses in a row at 10%"),
+        running(inconclusive_checks=59),
+        Pause("60 inconclusive analyses in a row at 10%"),
         analysis=analysis(Verdict.INCONCLUSIVE),
     ),
     Case(
@@ -416,7 +416,7 @@ def with_status(fm: FraudModel, status: FraudModelStatus, **meta: Any) -> FraudM
 def test_inconclusive_pause_is_sticky_and_does_not_flip() -> None:
     """onInconclusive: Pause flipped Paused/Progressing every interval, with a Paused Event each time,
     and ended in a ProgressDeadlineExceeded rollback."""
-    fm = running(inconclusive_checks=39)
+    fm = running(inconclusive_checks=59)
     paused = next_status(fm, READY, analysis(Verdict.INCONCLUSIVE), at(61))
     assert paused.status.phase == Phase.PAUSED
     assert [e.reason for e in paused.events] == ["Paused"]
