@@ -1,19 +1,22 @@
 """Gate simulator: whole canary rollouts through the operator's real decision code.
 
-    nice -n 10 .venv/bin/python benchmarks/gates.py [--seeds 1000] [--rps 30 50 500 5000] [--json]
+    nice -n 10 .venv/bin/python benchmarks/gates.py [--seeds 1000] [--rps 5 50 250] [--json]
 
 Each rollout starts a canary of a FraudModel with the default rollout and analysis spec and
 runs it to a decision on a simulated clock: the real `run_analysis()` (its PromQL answered
 by a fake Prometheus that keeps per-track counters), the real `analysis_due()` and the real
 `next_status()`, reconciled every `interval`. Traffic is Poisson at `rps`, split at the
 canary weight in status; the stable flags 1% of transactions (logit-normal scores, decision
-threshold 0.5), answers 2xx with lognormal latency (median 6 ms), rejects 0.2% of inputs.
+threshold 0.5), answers 2xx with lognormal latency (median 6 ms, on the bento's duration
+buckets), rejects 0.2% of inputs.
 
 Canaries: flag-rate ratios 0 (never flags, scores unchanged: a decision bug), 0.3 ... 3
 (scores shifted so that exactly that share crosses the threshold), +1 and +5 percentage
-points of 5xx, +20 ms on every answer, 30% of requests shed (503, answered in 0.5 ms).
+points of 5xx, +5 ms on every answer (p95 stays inside the stable's + 10 ms: should pass) and
++20 ms (beyond it), 30% of requests shed (503, answered in 0.5 ms).
 
-Printed per canary and rate: P(promoted), P(rolled back), P(paused: a human was called; the
+Printed per canary and rate, each with its 95% Wilson interval where it is an error rate:
+P(promoted), P(rolled back), P(paused: a human was called; the
 rollout ends there unless --through-pauses), P(neither promoted nor rolled back), and the
 median minutes from the canary's start to promotion or rollback.
 """
