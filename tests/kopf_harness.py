@@ -21,6 +21,7 @@ from fraudmodel_operator.analysis import MetricProvider, Vector
 from fraudmodel_operator.api import FraudModel
 from fraudmodel_operator.kube import KubeClient
 from fraudmodel_operator.metrics import OperatorMetrics
+from fraudmodel_operator.readiness import HttpReadiness
 from fraudmodel_operator.reconciler import Context
 from fraudmodel_operator.settings import OperatorConfig
 
@@ -203,7 +204,12 @@ async def operator_harness(provider_for: ProviderFor | None = None) -> AsyncIter
         kube = AsyncClient(config=KubeConfig.from_one(cluster=Cluster(server=_server["url"]), user=User(token="test")))
         http = httpx.AsyncClient()
 
-        context = Context(kube=KubeClient(kube), metrics=metrics, provider_for=provider_for or fake_provider)
+        context = Context(
+            kube=KubeClient(kube),
+            metrics=metrics,
+            provider_for=provider_for or fake_provider,
+            readiness=HttpReadiness(http),
+        )
         runtime = handlers.Runtime(config=config, context=context, http=http)
         stop = asyncio.Event()
         task = asyncio.create_task(

@@ -32,6 +32,7 @@ from fraudmodel_operator.metrics import OperatorMetrics
 from fraudmodel_operator.planner import INSTANCE_LABEL, MANAGED_BY
 from fraudmodel_operator.pods import PodState, summarize
 from fraudmodel_operator.prometheus import PrometheusProvider
+from fraudmodel_operator.readiness import HttpReadiness
 from fraudmodel_operator.reconciler import Context, reconcile, status_caught_up
 from fraudmodel_operator.rollout import Event
 from fraudmodel_operator.settings import OperatorConfig
@@ -83,7 +84,12 @@ def build_runtime(config: OperatorConfig, kube_client: AsyncClient, http: httpx.
         prom = fm.spec.rollout.analysis.prometheus
         return PrometheusProvider(http, prom.address, parse_duration(prom.timeout))
 
-    context = Context(kube=KubeClient(kube_client), metrics=OperatorMetrics(), provider_for=provider_for)
+    context = Context(
+        kube=KubeClient(kube_client),
+        metrics=OperatorMetrics(),
+        provider_for=provider_for,
+        readiness=HttpReadiness(http),
+    )
     return Runtime(config=config, context=context, http=http)
 
 

@@ -4,10 +4,18 @@ The operator indexes the pods of its FraudModels (a Kopf index of `PodState`s, s
 purpose: no spec, no managedFields) and surfaces the worst problem as the Degraded
 condition, a Warning Event, and, past `progressDeadline`, `Stalled` (kstatus: Failed),
 instead of leaving the FraudModel silently Progressing.
+
+A pod that runs but fails its readiness probe says why only in the probe's response body
+(the bento answers 503 with `{"reason": ..., "message": ...}`: a model other than the
+declared one, a model that failed its release gate, ...). The kubelet never passes that
+body on: its Events say only "HTTP probe failed with statuscode: 503" (kubernetes#99425).
+So the operator asks the same endpoint itself (`readiness.py`), and `pod_problem` reports
+the pod's own reason and message.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -32,6 +40,9 @@ NOT_READY = "PodsUnavailable"  # running, but the readiness probe keeps failing
 RANK = [*dict.fromkeys(WAITING_REASONS.values()), UNSCHEDULABLE, NOT_READY]
 POD_REASONS = frozenset(RANK)
 READINESS_GRACE_SECONDS = 120.0  # a running pod not ready for this long is reported (model loading is shorter)
+# What a readiness body's reason must look like to become the condition's reason (CamelCase, short).
+PROBE_REASON = re.compile(r"^[A-Z][A-Za-z0-9]{0,63}$")
+PROBE_MESSAGE_LIMIT = 512
 
 
 @dataclass(frozen=True)
@@ -45,12 +56,34 @@ class PodState:
     unschedulable: str | None = None  # the scheduler's message
     not_ready_since: datetime | None = None  # Ready=False since, while every container runs
     terminating: bool = False
+    readiness_url: str | None = None  # the readiness probe's HTTP endpoint on the pod (podIP, port, path)
 
 
 def _parse_time(value: Any) -> datetime | None:
     if not isinstance(value, str) or not value:
         return None
     return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def readiness_url(pod: Mapping[str, Any]) -> str | None:
+    """The URL of the first container's HTTP readiness probe, as the kubelet calls it (None if there is none)."""
+    spec, status = pod.get("spec") or {}, pod.get("status") or {}
+    containers = spec.get("containers") or []
+    ip = status.get("podIP")
+    if not containers or not ip:
+        return None
+    get = ((containers[0].get("readinessProbe") or {}).get("httpGet")) or {}
+    port = get.get("port")
+    if isinstance(port, str):  # a named port
+        named = [p for c in containers for p in c.get("ports") or [] if p.get("name") == port]
+        port = named[0].get("containerPort") if named else None
+    if not isinstance(port, int):
+        return None
+    scheme = str(get.get("scheme") or "HTTP").lower()
+    host = get.get("host") or ip
+    host = f"[{host}]" if ":" in str(host) else host
+    path = str(get.get("path") or "/")
+    return f"{scheme}://{host}:{port}{path if path.startswith('/') else '/' + path}"
 
 
 def summarize(pod: Mapping[str, Any]) -> PodState:
@@ -79,10 +112,22 @@ def summarize(pod: Mapping[str, Any]) -> PodState:
         unschedulable=unschedulable,
         not_ready_since=since,
         terminating=bool(meta.get("deletionTimestamp")),
+        readiness_url=readiness_url(pod) if since is not None else None,
     )
 
 
-def _problem(pod: PodState, now: datetime) -> tuple[str, str] | None:
+def said(body: Any) -> tuple[str, str] | None:
+    """`(reason, message)` from a readiness response body, if it gives a usable reason. Pure."""
+    if not isinstance(body, Mapping):
+        return None
+    reason, message = body.get("reason"), body.get("message")
+    if not isinstance(reason, str) or not PROBE_REASON.match(reason):
+        return None
+    text = " ".join(str(message).split()) if isinstance(message, str) else ""
+    return reason, text[:PROBE_MESSAGE_LIMIT]
+
+
+def _problem(pod: PodState, now: datetime, explained: tuple[str, str] | None = None) -> tuple[str, str] | None:
     if pod.ready or pod.terminating:
         return None
     if pod.waiting is not None:
@@ -93,16 +138,36 @@ def _problem(pod: PodState, now: datetime) -> tuple[str, str] | None:
     if pod.not_ready_since is not None:
         seconds = (now - pod.not_ready_since).total_seconds()
         if seconds >= READINESS_GRACE_SECONDS:
-            return NOT_READY, f"running but not ready for {int(seconds)}s (readiness probe failing)"
+            # A fixed text while the problem lasts: a message that changed at every reconcile would
+            # rewrite status and post a new Event each time.
+            since = pod.not_ready_since.strftime("%Y-%m-%dT%H:%M:%SZ")
+            if explained is not None:
+                reason, message = explained
+                return reason, f"not ready since {since}: {message or reason} (its readiness endpoint)"
+            return NOT_READY, f"running but not ready since {since} (readiness probe failing)"
     return None
 
 
-def pod_problem(pods: Iterable[PodState], now: datetime) -> tuple[str, str] | None:
-    """The worst problem among the pods, as `(reason, message)` naming the pod and how many share it."""
-    found = [(pod, problem) for pod in pods if (problem := _problem(pod, now)) is not None]
+def _rank(reason: str) -> int:
+    """A pod's own readiness reason ranks as any failing readiness probe."""
+    return RANK.index(reason) if reason in RANK else RANK.index(NOT_READY)
+
+
+def needs_explaining(pods: Iterable[PodState], now: datetime) -> list[PodState]:
+    """The pods whose readiness endpoint the operator should ask why: running, not ready past the grace."""
+    return [p for p in pods if p.readiness_url and _problem(p, now) is not None and p.waiting is None]
+
+
+def pod_problem(
+    pods: Iterable[PodState], now: datetime, explained: Mapping[str, tuple[str, str]] | None = None
+) -> tuple[str, str] | None:
+    """The worst problem among the pods, as `(reason, message)` naming the pod and how many share it.
+    `explained`: what a not-ready pod's readiness endpoint said, by pod name (see `said`)."""
+    why = explained or {}
+    found = [(pod, problem) for pod in pods if (problem := _problem(pod, now, why.get(pod.name))) is not None]
     if not found:
         return None
-    found.sort(key=lambda item: (RANK.index(item[1][0]), item[0].track != "stable", item[0].name))
+    found.sort(key=lambda item: (_rank(item[1][0]), item[0].track != "stable", item[0].name))
     pod, (reason, message) = found[0]
     same = sum(1 for _, (r, _) in found if r == reason)
     others = f" (and {same - 1} more)" if same > 1 else ""

@@ -35,7 +35,8 @@ from fraudmodel_operator.monitoring import drift_event, drifting, monitoring_due
 from fraudmodel_operator.monitoring import measure as measure_drift
 from fraudmodel_operator.ordering import Write, WritePlan, plan_writes, route_weight
 from fraudmodel_operator.planner import Track, child_name, plan_children, plan_tracks
-from fraudmodel_operator.pods import PodState, pod_problem, stalled_by_pods
+from fraudmodel_operator.pods import PodState, needs_explaining, pod_problem, stalled_by_pods
+from fraudmodel_operator.readiness import HttpReadiness
 from fraudmodel_operator.rollout import Controls, Event, Observed, analysis_due, next_status, rollout_deadline
 from fraudmodel_operator.routers import ReplicaRatioRouter, TrafficRouter, router_for, router_from
 from fraudmodel_operator.sticky import analyse
@@ -56,6 +57,8 @@ class Context:
     # When each FraudModel's stable model was last measured against its reference, and which version
     # (in memory: a measurement writes nothing unless the Drifting condition changes).
     monitored: dict[tuple[str, str], tuple[str, datetime]] = field(default_factory=dict)
+    # Asks a not-ready pod's readiness endpoint why (None: not asked, the generic message is reported).
+    readiness: HttpReadiness | None = None
 
 
 @dataclass(frozen=True)
@@ -330,6 +333,14 @@ def _approximation(target: FraudModel, transition_events: tuple[Event, ...]) -> 
     )
 
 
+async def _explained(ctx: Context, pods: Sequence[PodState], now: datetime) -> dict[str, tuple[str, str]]:
+    """What the readiness endpoints of pods failing their probe say (pods.py: the kubelet never tells)."""
+    asking = needs_explaining(pods, now)
+    if ctx.readiness is None or not asking:
+        return {}
+    return await ctx.readiness.explain(asking)
+
+
 def _drifting(fm: FraudModel, status: FraudModelStatus) -> Condition | None:
     """The Drifting condition status holds, if it describes the stable model still served."""
     if fm.status.stable.version != status.stable.version:
@@ -401,7 +412,7 @@ async def reconcile(
         status = status.model_copy(update={"phase": Phase.FAILED, "message": done.unservable})
     elif done.refused:
         failure, detail = "ApplyFailed", "; ".join(done.refused)
-    elif (problem := pod_problem(pods, now)) is not None:
+    elif (problem := pod_problem(pods, now, await _explained(ctx, pods, now))) is not None:
         failure, detail = problem
     deadline_s = parse_duration(fm.spec.rollout.progress_deadline)
     stalled = bool(failure) and stalled_by_pods(fm.status.conditions, failure, deadline_s, now)

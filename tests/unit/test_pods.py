@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from fraudmodel_operator.api import Condition
-from fraudmodel_operator.pods import PodState, pod_problem, stalled_by_pods, summarize
+from fraudmodel_operator.pods import PodState, needs_explaining, pod_problem, said, stalled_by_pods, summarize
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 
@@ -60,7 +60,10 @@ UNSCHEDULABLE = {
         ([pod(**UNSCHEDULABLE)], ("Unschedulable", "stable pod bot-stable-1: 0/3 nodes: 3 Insufficient cpu")),
         (
             [pod(**RUNNING)],
-            ("PodsUnavailable", "stable pod bot-stable-1: running but not ready for 300s (readiness probe failing)"),
+            (
+                "PodsUnavailable",
+                "stable pod bot-stable-1: running but not ready since 2026-11-28T11:55:00Z (readiness probe failing)",
+            ),
         ),
         ([pod(**waiting("ContainerCreating"))], None),  # starting: not a problem yet
         (
@@ -125,3 +128,77 @@ def test_stalled_by_pods(degraded: tuple[str, str, int], reason: str, stalled: b
         type="Degraded", status=state, reason=why, message="", last_transition_time=NOW - timedelta(minutes=minutes)
     )
     assert stalled_by_pods([condition], reason, 600, NOW) is stalled
+
+
+def serving_pod(probe: dict[str, Any] | None, ip: str | None = "10.1.2.3", **status: Any) -> dict[str, Any]:
+    body = pod(**RUNNING, **status)
+    container: dict[str, Any] = {"name": "serving", "ports": [{"name": "http", "containerPort": 3000}]}
+    if probe is not None:
+        container["readinessProbe"] = {"httpGet": probe}
+    body["spec"] = {"containers": [container]}
+    if ip:
+        body["status"]["podIP"] = ip
+    return body
+
+
+@pytest.mark.parametrize(
+    ("body", "url"),
+    [
+        (serving_pod({"path": "/readyz", "port": "http"}), "http://10.1.2.3:3000/readyz"),  # as the planner writes it
+        (serving_pod({"path": "readyz", "port": 8080, "scheme": "HTTPS"}), "https://10.1.2.3:8080/readyz"),
+        (serving_pod({"path": "/readyz", "port": "http"}, ip="fd00::7"), "http://[fd00::7]:3000/readyz"),
+        (serving_pod({"path": "/readyz", "port": "metrics"}), None),  # no such named port
+        (serving_pod(None), None),  # no HTTP probe
+        (serving_pod({"path": "/readyz", "port": "http"}, ip=None), None),  # no address yet
+    ],
+    ids=["named-port", "https-number", "ipv6", "unknown-port", "no-probe", "no-ip"],
+)
+def test_the_readiness_endpoint_is_read_from_the_pod(body: dict[str, Any], url: str | None) -> None:
+    assert summarize(body).readiness_url == url
+
+
+def test_a_ready_pod_is_never_asked() -> None:
+    assert summarize(serving_pod({"path": "/readyz", "port": "http"})).readiness_url is not None  # not ready
+    body = serving_pod({"path": "/readyz", "port": "http"})
+    body["status"]["conditions"][0]["status"] = "True"
+    assert summarize(body).readiness_url is None
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        (
+            {"ready": "false", "reason": "ModelVersionMismatch", "message": "declared v1 but\n loaded v2"},
+            ("ModelVersionMismatch", "declared v1 but loaded v2"),
+        ),
+        ({"reason": "ModelNotPromotable"}, ("ModelNotPromotable", "")),
+        ({"reason": "not a reason", "message": "x"}, None),
+        ({"reason": "A" * 65}, None),
+        ({"message": "no reason"}, None),
+        (["ModelVersionMismatch"], None),
+        ({"reason": "Long", "message": "m" * 2000}, ("Long", "m" * 512)),
+    ],
+    ids=["bento-503", "no-message", "spaces", "too-long", "no-reason", "not-an-object", "message-capped"],
+)
+def test_what_a_readiness_body_says(body: Any, expected: tuple[str, str] | None) -> None:
+    assert said(body) == expected
+
+
+def test_a_pods_own_reason_replaces_the_probes_generic_one() -> None:
+    failing = summarize(serving_pod({"path": "/readyz", "port": "http"}))
+    assert needs_explaining([failing], NOW) == [failing]
+    assert needs_explaining([failing], NOW - timedelta(minutes=4)) == []  # still within the grace period
+    explained = {failing.name: ("ModelVersionMismatch", "declared version v1 but the loaded model is v2")}
+    assert pod_problem([failing], NOW, explained) == (
+        "ModelVersionMismatch",
+        "stable pod bot-stable-1: not ready since 2026-11-28T11:55:00Z: declared version v1 but the loaded model "
+        "is v2 (its readiness endpoint)",
+    )
+    # ranked as the failing probe it is: an image that cannot be pulled is still reported first
+    pulling = summarize(pod("bot-canary-1", "canary", **waiting("ErrImagePull")))
+    assert pod_problem([failing, pulling], NOW, explained) == (
+        "ImagePullFailed",
+        "canary pod bot-canary-1: ErrImagePull",
+    )
+    # the same text at every reconcile while it lasts: one status write, one Event
+    assert pod_problem([failing], NOW + timedelta(minutes=5), explained) == pod_problem([failing], NOW, explained)
