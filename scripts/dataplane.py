@@ -144,11 +144,11 @@ class Bento:
                 cmd = [self.python, "-m", "fraud_detector.train", "--version", version, *MODELS[version]]
                 subprocess.run(cmd, cwd=BENTO, env=self.env(), check=True)
 
-    def payloads(self, count: int, seed: int) -> list[dict[str, Any]]:
-        """Realistic transactions from the bento's own generator."""
+    def payloads(self, count: int, seed: int, shift: float = 0.0) -> list[dict[str, Any]]:
+        """Realistic transactions from the bento's own generator; `shift` (0..1) drifts the legitimate ones."""
         code = (
             "import json, sys; from fraud_detector.data import payloads; "
-            f"json.dump(payloads({count}, {seed}), sys.stdout)"
+            f"json.dump(payloads({count}, {seed}, shift={shift!r}), sys.stdout)"
         )
         out = subprocess.run([self.python, "-c", code], cwd=BENTO, env=self.env(), capture_output=True, check=True)
         result: list[dict[str, Any]] = json.loads(out.stdout)
@@ -171,10 +171,17 @@ class Servers:
     started: list[Server] = field(default_factory=list)
 
     def start(
-        self, version: str, track: str, name: str = "fraud_detector", model: str | None = None, **env: str
+        self,
+        version: str,
+        track: str,
+        name: str = "fraud_detector",
+        model: str | None = None,
+        ready: bool = True,
+        **env: str,
     ) -> Server:
         """A server labelled `version` as `track`, serving the trained `model` (default: `version`);
-        `env` adds settings (e.g. FRAUDMODEL_FAULT_DELAY_MS)."""
+        `env` adds settings (e.g. FRAUDMODEL_FAULT_DELAY_MS). `ready=False`: wait until it is live
+        only (it is expected to refuse readiness, e.g. a model other than the declared version)."""
         port = free_port()
         # One BENTOML_HOME per server, sharing the model store: BentoML keeps its Prometheus
         # multiprocess files under BENTOML_HOME and wipes them at start, so two servers on one
@@ -204,7 +211,7 @@ class Servers:
         )
         server = Server(f"http://127.0.0.1:{port}", port, proc)
         self.started.append(server)
-        wait_http(f"{server.url}/readyz", 120, proc)
+        wait_http(f"{server.url}/readyz" if ready else f"{server.url}/livez", 120, proc)
         return server
 
     def start_scenario(
@@ -235,8 +242,15 @@ class Prometheus:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def scrape(self, targets: dict[str, int], fraudmodel: str = "bot", namespace: str = "default") -> None:
-        """Scrape each track's server, labelled as the chart's PodMonitor labels pods."""
+    def scrape(
+        self,
+        targets: dict[str, int],
+        fraudmodel: str = "bot",
+        namespace: str = "default",
+        rules: dict[str, Any] | None = None,
+    ) -> None:
+        """Scrape each track's server, labelled as the chart's PodMonitor labels pods; `rules`: a rule
+        file's content (e.g. the chart's PrometheusRule groups), evaluated every second."""
         jobs = [
             {
                 "targets": [f"127.0.0.1:{port}"],
@@ -244,11 +258,14 @@ class Prometheus:
             }
             for track, port in targets.items()
         ]
-        config = {
+        config: dict[str, Any] = {
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
             "scrape_configs": [{"job_name": "bento", "static_configs": jobs}],
         }
         self.root.mkdir(parents=True, exist_ok=True)
+        if rules is not None:
+            (self.root / "rules.yml").write_text(yaml.safe_dump(rules))
+            config["rule_files"] = [str(self.root / "rules.yml")]
         (self.root / "prometheus.yml").write_text(yaml.safe_dump(config))
 
     def start(self) -> None:
