@@ -1,7 +1,9 @@
 -- wrk script: POSTs rotating transaction bodies and prints machine-readable
 -- figures (status counts and latency percentiles in microseconds).
--- The bodies come from bodies.lua, written by run.py next to this file.
+-- The bodies (WRK_BODIES, a Lua file written by run.py) are already in the server's own
+-- protocol; WRK_PATH is where that server scores them.
 local bodies = dofile(os.getenv("WRK_BODIES"))
+local path = os.getenv("WRK_PATH") or "/predict"
 local threads = {}
 local i = 0
 
@@ -15,7 +17,7 @@ end
 
 function request()
   i = i % #bodies + 1
-  return wrk.format("POST", "/predict", {["Content-Type"] = "application/json"}, bodies[i])
+  return wrk.format("POST", path, {["Content-Type"] = "application/json"}, bodies[i])
 end
 
 function response(status, headers, body)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import gc
 import logging
 import random
 from collections.abc import Sequence
@@ -31,7 +30,7 @@ from .loading import Declared, LoadedModel, NotServable, assess, facts_of, fetch
 from .metrics import MONITORED_FEATURES, ServiceMetrics, service_metrics
 from .routing import RoutingConfig, RoutingFile
 from .schema import FEATURE_NAMES, Prediction, Transaction
-from .settings import Settings
+from .settings import Settings, tune_gc
 
 __all__ = ["SETTINGS", "FraudDetector", "Loaded", "direct_scorer", "load_declared_model"]
 
@@ -175,14 +174,7 @@ class FraudDetector:
         _publish_reference(loaded, self.metrics)
         self.model.predict_proba(np.zeros((1, len(FEATURE_NAMES)), dtype=np.float32))  # warm up
         self._cache_api_callable()
-        # Garbage collection was the p99: with torch and BentoML loaded, full
-        # collections paused requests for 20-100 ms (measured with gc.callbacks).
-        # What is loaded now lives as long as the process, so it is frozen out
-        # of the collector; and a larger young generation lets each request's
-        # short-lived cycles die young instead of being promoted into the
-        # expensive full collections. p99 at 8 connections: ~90 ms -> ~15 ms.
-        gc.freeze()
-        gc.set_threshold(10_000, 10, 10)
+        tune_gc()  # everything loaded so far is frozen out of the collector
         self.ready = self.problem is None
         _instances.append(self)
 

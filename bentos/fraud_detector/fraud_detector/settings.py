@@ -2,14 +2,29 @@
 
 from __future__ import annotations
 
+import gc
 import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-__all__ = ["TRACKS", "Settings"]
+__all__ = ["GC_THRESHOLDS", "TRACKS", "Settings", "tune_gc"]
 
 TRACKS = ("stable", "canary")
+
+# The collector's thresholds a serving worker runs with (see tune_gc).
+GC_THRESHOLDS = (10_000, 10, 10)
+
+
+def tune_gc() -> None:
+    """Garbage collection was the p99: with torch and BentoML loaded, full collections
+    paused requests for 20-100 ms (measured with gc.callbacks). What is loaded when this
+    runs lives as long as the process, so it is frozen out of the collector; and a larger
+    young generation lets each request's short-lived cycles die young instead of being
+    promoted into the expensive full collections. p99 at 8 connections: ~90 ms -> ~15 ms.
+    The serving benchmark runs its FastAPI control with and without this."""
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 def _int(env: Mapping[str, str], key: str, default: int, minimum: int) -> int:
