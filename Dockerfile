@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1
 # The fraudmodel-operator image: the operator and its runtime dependencies only
-# (kopf, pydantic, pyyaml, prometheus-client, httpx, lightkube, promql-parser) — no torch, no BentoML.
+# (kopf, pydantic, pyyaml, prometheus-client, httpx, kubernetes, promql-parser) — no torch, no BentoML.
 #   docker build -t fraudmodel-operator:dev .
 #   kind load docker-image fraudmodel-operator:dev --name fraudmodel
 # Without a registry: scripts/images/build operator (BASE_IMAGE = Python 3.11 from Debian packages).

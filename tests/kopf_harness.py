@@ -13,8 +13,7 @@ import aiohttp.web
 import httpx
 import kmock
 import kopf
-from lightkube import AsyncClient
-from lightkube.config.kubeconfig import Cluster, KubeConfig, User
+from kubernetes.client import Configuration
 
 from fraudmodel_operator import handlers
 from fraudmodel_operator.analysis import MetricProvider, Vector
@@ -170,10 +169,8 @@ async def eventually(check: Callable[[], Any] | Callable[[], Awaitable[Any]], wi
     raise AssertionError(f"condition not met within {within}s (last: {last!r})")
 
 
-@contextlib.asynccontextmanager
-async def operator_harness(provider_for: ProviderFor | None = None) -> AsyncIterator[Harness]:
-    """Kopf running the project's handlers against a fresh emulator; fake metrics unless `provider_for` is given."""
-    emulator = SSAEmulator()
+def served(emulator: kmock.KubernetesEmulator) -> None:
+    """The resources the operator lists, watches and writes, served by `emulator`."""
     for resource, kind, subresources in (
         (FM, "FraudModel", {"status"}),
         (DEPLOYMENTS, "Deployment", {"status"}),
@@ -192,6 +189,13 @@ async def operator_harness(provider_for: ProviderFor | None = None) -> AsyncIter
             verbs={"list", "watch", "get", "patch", "create", "delete", "update"},
             subresources=subresources,
         )
+
+
+@contextlib.asynccontextmanager
+async def operator_harness(provider_for: ProviderFor | None = None) -> AsyncIterator[Harness]:
+    """Kopf running the project's handlers against a fresh emulator; fake metrics unless `provider_for` is given."""
+    emulator = SSAEmulator()
+    served(emulator)
     async with emulator, kmock.Server(emulator, user_agent="kmock-test"):
         _server["url"] = str(emulator.url).rstrip("/")
         provider = FakeProvider()
@@ -201,16 +205,16 @@ async def operator_harness(provider_for: ProviderFor | None = None) -> AsyncIter
             return provider
 
         config = OperatorConfig(standalone=True, reconcile_interval=0.3)
-        kube = AsyncClient(config=KubeConfig.from_one(cluster=Cluster(server=_server["url"]), user=User(token="test")))
+        kube = KubeClient.connect(Configuration(host=_server["url"]))
         http = httpx.AsyncClient()
 
         context = Context(
-            kube=KubeClient(kube),
+            kube=kube,
             metrics=metrics,
             provider_for=provider_for or fake_provider,
             readiness=HttpReadiness(http),
         )
-        runtime = handlers.Runtime(config=config, context=context, http=http)
+        runtime = handlers.Runtime(config=config, context=context, http=http, kube=kube)
         stop = asyncio.Event()
         task = asyncio.create_task(
             kopf.operator(
@@ -226,5 +230,4 @@ async def operator_harness(provider_for: ProviderFor | None = None) -> AsyncIter
             stop.set()
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.wait_for(task, timeout=15)
-            await kube.close()
-            await http.aclose()
+            await runtime.aclose()  # also done by the operator's cleanup handler, unless it failed to start

@@ -22,12 +22,10 @@ from typing import Any
 
 import httpx
 import kopf
-from lightkube import AsyncClient
-from lightkube.config.kubeconfig import KubeConfig
 
 from fraudmodel_operator import api
 from fraudmodel_operator.api import FraudModel, parse_duration
-from fraudmodel_operator.kube import KubeClient, Manifest, controller_uid
+from fraudmodel_operator.kube import KubeClient, Manifest, controller_uid, load_configuration
 from fraudmodel_operator.metrics import OperatorMetrics
 from fraudmodel_operator.planner import INSTANCE_LABEL, MANAGED_BY
 from fraudmodel_operator.pods import PodState, summarize
@@ -50,12 +48,19 @@ class Runtime:
     config: OperatorConfig
     context: Context
     http: httpx.AsyncClient
+    kube: KubeClient | None = None  # the API client to close at cleanup (the context's `kube` is a Protocol)
     wakeups: dict[tuple[str, str], asyncio.Event] = field(default_factory=dict)
 
     def wake(self, namespace: str, name: str) -> None:
         event = self.wakeups.get((namespace, name))
         if event is not None:
             event.set()
+
+    async def aclose(self) -> None:
+        """Close the clients: HTTP connections to Prometheus, the API client's threads and connections."""
+        await self.http.aclose()
+        if self.kube is not None:
+            await asyncio.to_thread(self.kube.close)
 
 
 def configure(settings: kopf.OperatorSettings, config: OperatorConfig) -> None:
@@ -79,18 +84,18 @@ def configure(settings: kopf.OperatorSettings, config: OperatorConfig) -> None:
     settings.execution.max_workers = 20
 
 
-def build_runtime(config: OperatorConfig, kube_client: AsyncClient, http: httpx.AsyncClient) -> Runtime:
+def build_runtime(config: OperatorConfig, kube: KubeClient, http: httpx.AsyncClient) -> Runtime:
     def provider_for(fm: FraudModel) -> PrometheusProvider:
         prom = fm.spec.rollout.analysis.prometheus
         return PrometheusProvider(http, prom.address, parse_duration(prom.timeout))
 
     context = Context(
-        kube=KubeClient(kube_client),
+        kube=kube,
         metrics=OperatorMetrics(),
         provider_for=provider_for,
         readiness=HttpReadiness(http),
     )
-    return Runtime(config=config, context=context, http=http)
+    return Runtime(config=config, context=context, http=http, kube=kube)
 
 
 @kopf.on.startup()
@@ -98,7 +103,8 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     config: OperatorConfig = memo.get("config") or OperatorConfig()
     configure(settings, config)
     if "runtime" not in memo:  # tests inject their own
-        runtime = build_runtime(config, AsyncClient(config=KubeConfig.from_env()), httpx.AsyncClient())
+        kube = KubeClient.connect(await asyncio.to_thread(load_configuration))
+        runtime = build_runtime(config, kube, httpx.AsyncClient())
         memo["runtime"] = runtime
         runtime.context.metrics.serve(config.metrics_port)
         log.info("operator metrics on :%d/metrics", config.metrics_port)
@@ -108,7 +114,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     runtime: Runtime | None = memo.get("runtime")
     if runtime is not None:
-        await runtime.http.aclose()
+        await runtime.aclose()
 
 
 # ---------------------------------------------------------------- children, indexed

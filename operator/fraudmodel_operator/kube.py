@@ -2,21 +2,26 @@
 
 Reads come from Kopf's in-memory indexes of the children (see handlers.py), so a
 reconcile that changes nothing makes no request at all. The pure helpers here
-decide *whether* to write; `KubeWriter` does the writing.
+decide *whether* to write; `KubeClient` does the writing, through the official
+`kubernetes` client's dynamic client, its blocking calls run on a small thread pool
+off the event loop.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from functools import cache
-from typing import Any, Protocol
+from functools import partial
+from typing import Any, Protocol, TypeVar
 
-from lightkube import AsyncClient
-from lightkube.core.exceptions import ApiError
-from lightkube.generic_resource import create_namespaced_resource
-from lightkube.types import PatchType
+from kubernetes import config as kubeconfig
+from kubernetes.client import ApiClient, Configuration
+from kubernetes.client.exceptions import ApiException
+from kubernetes.dynamic import DynamicClient, Resource
 
 from fraudmodel_operator import api
 from fraudmodel_operator.settings import FIELD_MANAGER
@@ -35,14 +40,7 @@ KINDS: dict[tuple[str, str], str] = {
     ("networking.k8s.io/v1", "Ingress"): "ingresses",
 }
 
-
-@cache
-def _resource(api_version: str, kind: str) -> Any:
-    group, _, version = api_version.rpartition("/")
-    return create_namespaced_resource(group, version, kind, KINDS[(api_version, kind)])
-
-
-FRAUDMODEL = create_namespaced_resource(api.GROUP, api.VERSION, api.KIND, api.PLURAL)
+FRAUDMODEL_API_VERSION = f"{api.GROUP}/{api.VERSION}"
 
 
 def key(manifest: Manifest) -> tuple[str, str, str]:
@@ -169,12 +167,9 @@ class Kube(Protocol):
 
 
 def _code(exc: Exception) -> int | None:
-    """The HTTP status of a failed request, also when the answer was not a Kubernetes Status
-    (lightkube then raises its HTTP library's status error, e.g. for a proxy's plain 404)."""
-    if isinstance(exc, ApiError):
-        return exc.status.code
-    status = getattr(getattr(exc, "response", None), "status_code", None)
-    return status if isinstance(status, int) else None
+    """The HTTP status of a failed request (also when the answer was not a Kubernetes Status,
+    e.g. a proxy's plain 404); None when there was no answer at all."""
+    return exc.status if isinstance(exc, ApiException) and isinstance(exc.status, int) else None
 
 
 class NotServable(Exception):
@@ -191,26 +186,107 @@ class WriteRefused(Exception):
 
 def _refusal(exc: Exception) -> str | None:
     """The API server's words when it answered a write with an error status (None: no answer at all)."""
-    if isinstance(exc, ApiError):
-        return exc.status.message or exc.status.reason or f"HTTP {exc.status.code}"
     code = _code(exc)
-    return None if code is None else f"HTTP {code}"
+    if code is None:
+        return None
+    body = getattr(exc, "body", None)
+    try:
+        status = json.loads(body) if body else {}
+    except (TypeError, ValueError):
+        status = {}
+    if not isinstance(status, dict):
+        status = {}
+    return str(status.get("message") or status.get("reason") or f"HTTP {code}")
+
+
+class KnownKinds:
+    """The dynamic client's discoverer for the fixed set of kinds the operator writes (`KINDS` and
+    the FraudModel): no discovery request is ever sent, at startup or per call, and a kind the
+    cluster does not serve is answered 404 when used, as for any other request."""
+
+    def __init__(self, client: DynamicClient, cache_file: str | None = None) -> None:
+        self.client = client
+
+    def get(self, *, api_version: str, kind: str, **_: Any) -> Resource:
+        return _resource(self.client, api_version, kind)
+
+
+def _resource(client: DynamicClient, api_version: str, kind: str) -> Resource:
+    group, _, version = api_version.rpartition("/")
+    if (api_version, kind) == (FRAUDMODEL_API_VERSION, api.KIND):
+        plural = api.PLURAL
+        subresources = {"status": {"kind": kind, "name": f"{plural}/status", "namespaced": True}}
+    elif (api_version, kind) in KINDS:
+        plural, subresources = KINDS[(api_version, kind)], {}
+    else:
+        raise NotServable(f"{kind} ({api_version}) is not a kind the operator writes")
+    return Resource(
+        prefix="apis" if group else "api",
+        group=group,
+        api_version=version,
+        kind=kind,
+        namespaced=True,
+        name=plural,
+        client=client,
+        subresources=subresources,
+    )
+
+
+def _raw(_client: DynamicClient, data: Any) -> Any:
+    """The dynamic client's answer as parsed JSON (not wrapped in its ResourceInstance)."""
+    return data
+
+
+# Requests in flight at once: the thread pool and the HTTP connection pool have the same size,
+# so no thread waits for a connection and no connection is opened only to be discarded.
+CONNECTIONS = 8
+REQUEST_TIMEOUT = (10.0, 60.0)  # (connect, read) seconds: a stuck API server fails one reconcile, not the loop
+
+T = TypeVar("T")
+
+
+def load_configuration() -> Configuration:
+    """The API server and credentials: in cluster, the service account (its token re-read as it
+    rotates); outside, $KUBECONFIG or ~/.kube/config. Blocking (reads files)."""
+    configuration = Configuration()
+    kubeconfig.load_config(client_configuration=configuration)
+    return configuration
 
 
 @dataclass
 class KubeClient:
-    """`Kube` over the Kubernetes API (lightkube), counting requests for metrics and benchmarks."""
+    """`Kube` over the Kubernetes API (the official client's dynamic client), counting requests for
+    metrics and benchmarks. Close it (`close`) to end its threads and connections."""
 
-    client: AsyncClient
+    client: DynamicClient
     requests: dict[str, int] = field(default_factory=dict)
+    executor: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(max_workers=CONNECTIONS, thread_name_prefix="kube")
+    )
+
+    @classmethod
+    def connect(cls, configuration: Configuration) -> KubeClient:
+        """A client of the API server `configuration` names (sends no request)."""
+        configuration.connection_pool_maxsize = CONNECTIONS
+        return cls(DynamicClient(ApiClient(configuration), discoverer=KnownKinds))
+
+    def close(self) -> None:
+        """Ends the worker threads (after the requests in flight) and closes the connections. Idempotent."""
+        self.executor.shutdown(wait=True)
+        self.client.client.close()
 
     def _count(self, verb: str) -> None:
         self.requests[verb] = self.requests.get(verb, 0) + 1
 
+    async def _call(self, call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        kwargs.update(serializer=_raw, _request_timeout=REQUEST_TIMEOUT)
+        return await asyncio.get_running_loop().run_in_executor(self.executor, partial(call, *args, **kwargs))
+
     async def get(self, api_version: str, kind: str, namespace: str, name: str) -> Manifest | None:
         self._count("get")
+        resource = self.client.resources.get(api_version=api_version, kind=kind)
         try:
-            obj = await self.client.get(_resource(api_version, kind), name, namespace=namespace)
+            obj = await self._call(self.client.get, resource, name=name, namespace=namespace)
         except Exception as exc:
             if _code(exc) == 404:
                 return None
@@ -220,10 +296,17 @@ class KubeClient:
         return dict(obj)
 
     async def apply(self, manifest: Manifest) -> None:
-        res = _resource(manifest["apiVersion"], manifest["kind"])
+        resource = self.client.resources.get(api_version=manifest["apiVersion"], kind=manifest["kind"])
         self._count("apply")
         try:
-            await self.client.apply(res(manifest), field_manager=FIELD_MANAGER, force=True)
+            await self._call(
+                self.client.server_side_apply,
+                resource,
+                body=manifest,
+                namespace=manifest["metadata"].get("namespace"),
+                field_manager=FIELD_MANAGER,
+                force_conflicts=True,
+            )
         except Exception as exc:
             if _code(exc) == 404:
                 raise NotServable(
@@ -237,8 +320,9 @@ class KubeClient:
 
     async def delete(self, api_version: str, kind: str, namespace: str, name: str) -> None:
         self._count("delete")
+        resource = self.client.resources.get(api_version=api_version, kind=kind)
         try:
-            await self.client.delete(_resource(api_version, kind), name, namespace=namespace)
+            await self._call(self.client.delete, resource, name=name, namespace=namespace)
         except Exception as exc:
             if _code(exc) == 404:
                 return
@@ -249,6 +333,12 @@ class KubeClient:
 
     async def patch_status(self, namespace: str, name: str, patch: dict[str, Any]) -> None:
         self._count("patch_status")
-        await self.client.patch(
-            FRAUDMODEL.Status, name, {"status": patch}, namespace=namespace, patch_type=PatchType.MERGE
+        fraudmodels = self.client.resources.get(api_version=FRAUDMODEL_API_VERSION, kind=api.KIND)
+        await self._call(
+            self.client.patch,
+            fraudmodels.subresources["status"],
+            body={"status": patch},
+            name=name,
+            namespace=namespace,
+            content_type="application/merge-patch+json",
         )

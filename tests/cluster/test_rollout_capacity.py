@@ -26,14 +26,15 @@ from urllib.parse import parse_qs, urlparse
 
 import pytest
 import yaml
-from lightkube import Client
-from lightkube.config.kubeconfig import KubeConfig
-from lightkube.generic_resource import create_namespaced_resource
-from lightkube.resources.apps_v1 import Deployment
-from lightkube.resources.core_v1 import Service
+from kubernetes import watch
+from kubernetes.client import ApiClient, Configuration
+from kubernetes.config import load_kube_config
+from kubernetes.dynamic import DynamicClient
 from tests.cluster.conftest import Cluster, Operator
 from tests.cluster.test_operator import status, wait_ready
 from tests.component.test_rollout import metrics
+
+from fraudmodel_operator.kube import KnownKinds
 
 pytestmark = pytest.mark.cluster
 
@@ -60,7 +61,7 @@ HTTPROUTE_CRD = {
         ],
     },
 }
-HTTPRoute = create_namespaced_resource("gateway.networking.k8s.io", "v1", "HTTPRoute", "httproutes")
+WATCHED = (("gateway.networking.k8s.io/v1", "HTTPRoute"), ("v1", "Service"), ("apps/v1", "Deployment"))
 
 
 class FakePrometheus:
@@ -106,7 +107,7 @@ class FakePrometheus:
 class Recorder:
     """Watches the kinds a rollout writes and keeps every event with its resourceVersion."""
 
-    client: Client
+    client: DynamicClient
     namespace: str
     events: list[tuple[int, str, str, dict[str, Any]]] = field(default_factory=list)  # (rv, type, kind, object)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -114,20 +115,23 @@ class Recorder:
     stopped: threading.Event = field(default_factory=threading.Event)
 
     def start(self) -> None:
-        for kind, resource in (("HTTPRoute", HTTPRoute), ("Service", Service), ("Deployment", Deployment)):
-            thread = threading.Thread(target=self._watch, args=(kind, resource), daemon=True)
+        for api_version, kind in WATCHED:
+            thread = threading.Thread(target=self._watch, args=(api_version, kind), daemon=True)
             thread.start()
             self.threads.append(thread)
 
-    def _watch(self, kind: str, resource: Any) -> None:
+    def _watch(self, api_version: str, kind: str) -> None:
+        resource = self.client.resources.get(api_version=api_version, kind=kind)
         while not self.stopped.is_set():
+            watcher = watch.Watch()
             try:
-                for kind_of_event, obj in self.client.watch(resource, namespace=self.namespace, server_timeout=5):
-                    raw = obj if isinstance(obj, dict) else obj.to_dict()
+                for event in self.client.watch(resource, namespace=self.namespace, timeout=5, watcher=watcher):
+                    raw = event["raw_object"]
                     rv = int(raw["metadata"]["resourceVersion"])
                     with self.lock:
-                        self.events.append((rv, kind_of_event, kind, raw))
+                        self.events.append((rv, event["type"], kind, raw))
                     if self.stopped.is_set():
+                        watcher.stop()
                         return
             except Exception:  # a watch ends now and then; resume (duplicates are harmless to the replay)
                 if self.stopped.is_set():
@@ -138,7 +142,7 @@ class Recorder:
         self.stopped.set()
         for thread in self.threads:
             thread.join(timeout=30)
-        self.client.close()
+        self.client.client.close()
 
     def timeline(self) -> list[tuple[int, str, str, dict[str, Any]]]:
         with self.lock:
@@ -226,7 +230,9 @@ def httproutes(cluster: Cluster) -> None:
 
 @pytest.fixture
 def recorder(cluster: Cluster, namespace: str, httproutes: None) -> Iterator[Recorder]:
-    rec = Recorder(Client(config=KubeConfig.from_file(str(cluster.kubeconfig))), namespace)
+    configuration = Configuration()
+    load_kube_config(config_file=str(cluster.kubeconfig), client_configuration=configuration)
+    rec = Recorder(DynamicClient(ApiClient(configuration), discoverer=KnownKinds), namespace)
     rec.start()
     try:
         yield rec

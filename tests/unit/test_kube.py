@@ -3,11 +3,16 @@ refused request becomes."""
 
 from __future__ import annotations
 
+import json
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import parse_qs, urlparse
 
 import pytest
-from lightkube.core.exceptions import ApiError
-from lightkube.models.meta_v1 import Status
+from kubernetes.client import Configuration
 
 from fraudmodel_operator.kube import (
     APPLIED_HASH,
@@ -134,27 +139,126 @@ def test_ownership_is_the_controller_uid_not_labels(refs: list[dict[str, Any]], 
     assert controller_uid(obj) == uid
 
 
-class Refusing:
-    """A lightkube client whose every call is answered with one API status."""
+@dataclass
+class Answer:
+    code: int
+    body: dict[str, Any] | str
+    content_type: str = "application/json"
 
-    def __init__(self, code: int, message: str) -> None:
-        self.error = ApiError(status=Status(code=code, message=message, reason="Invalid"))
 
-    async def apply(self, *_: Any, **__: Any) -> None:
-        raise self.error
+@dataclass
+class ApiServer:
+    """An API server on loopback that answers every request with `answer` and records what it got."""
 
-    async def delete(self, *_: Any, **__: Any) -> None:
-        raise self.error
+    answer: Answer = field(default_factory=lambda: Answer(200, {}))
+    requests: list[dict[str, Any]] = field(default_factory=list)
 
-    async def get(self, *_: Any, **__: Any) -> None:
-        raise self.error
+    def status(self, code: int, message: str) -> None:
+        self.answer = Answer(code, {"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": message,
+                                    "reason": "Invalid", "code": code})  # fmt: skip
+
+
+@pytest.fixture
+def server() -> Iterator[tuple[ApiServer, KubeClient]]:
+    state = ApiServer()
+
+    class Handler(BaseHTTPRequestHandler):
+        def _serve(self) -> None:
+            url = urlparse(self.path)
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length) if length else b""
+            state.requests.append(
+                {
+                    "method": self.command,
+                    "path": url.path,
+                    "query": {k: v[0] for k, v in parse_qs(url.query).items()},
+                    "content_type": self.headers.get("Content-Type"),
+                    "body": json.loads(body) if body else None,
+                }
+            )
+            raw = state.answer.body if isinstance(state.answer.body, str) else json.dumps(state.answer.body)
+            self.send_response(state.answer.code)
+            self.send_header("Content-Type", state.answer.content_type)
+            self.send_header("Content-Length", str(len(raw.encode())))
+            self.end_headers()
+            self.wfile.write(raw.encode())
+
+        do_GET = do_PATCH = do_DELETE = _serve
+
+        def log_message(self, *_: Any) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    kube = KubeClient.connect(Configuration(host=f"http://127.0.0.1:{httpd.server_address[1]}"))
+    try:
+        yield state, kube
+    finally:
+        kube.close()
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join()
 
 
 DEPLOYMENT = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "9bot-stable", "namespace": "n"}}
 
 
-async def test_a_refused_apply_names_the_object_and_quotes_the_api_server() -> None:
-    kube = KubeClient(Refusing(422, 'Deployment.apps "9bot-stable" is invalid: metadata.name: Invalid value'))  # type: ignore[arg-type]
+async def test_apply_is_a_forced_server_side_apply_under_the_operators_field_manager(
+    server: tuple[ApiServer, KubeClient],
+) -> None:
+    api, kube = server
+    await kube.apply(DEPLOYMENT)
+    await kube.apply({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "bot", "namespace": "n"}})
+    assert api.requests == [
+        {
+            "method": "PATCH",
+            "path": "/apis/apps/v1/namespaces/n/deployments/9bot-stable",
+            "query": {"fieldManager": "fraudmodel-operator", "force": "true"},
+            "content_type": "application/apply-patch+yaml",
+            "body": DEPLOYMENT,
+        },
+        {
+            "method": "PATCH",
+            "path": "/api/v1/namespaces/n/services/bot",
+            "query": {"fieldManager": "fraudmodel-operator", "force": "true"},
+            "content_type": "application/apply-patch+yaml",
+            "body": {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "bot", "namespace": "n"}},
+        },
+    ]
+    assert kube.requests == {"apply": 2}
+
+
+async def test_status_is_a_merge_patch_of_the_status_subresource(server: tuple[ApiServer, KubeClient]) -> None:
+    api, kube = server
+    await kube.patch_status("risk", "bot", {"phase": "Ready", "message": None})
+    assert api.requests == [
+        {
+            "method": "PATCH",
+            "path": "/apis/serving.riskml.io/v1alpha1/namespaces/risk/fraudmodels/bot/status",
+            "query": {},
+            "content_type": "application/merge-patch+json",
+            "body": {"status": {"phase": "Ready", "message": None}},
+        }
+    ]
+
+
+async def test_get_returns_the_object_as_served_and_delete_names_it(server: tuple[ApiServer, KubeClient]) -> None:
+    api, kube = server
+    live = {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService", "metadata": {"name": "vs"}, "spec": {}}
+    api.answer = Answer(200, live)
+    assert await kube.get("networking.istio.io/v1", "VirtualService", "n", "vs") == live
+    await kube.delete("networking.k8s.io/v1", "Ingress", "n", "bot-canary")
+    assert [(r["method"], r["path"]) for r in api.requests] == [
+        ("GET", "/apis/networking.istio.io/v1/namespaces/n/virtualservices/vs"),
+        ("DELETE", "/apis/networking.k8s.io/v1/namespaces/n/ingresses/bot-canary"),
+    ]
+    assert kube.requests == {"get": 1, "delete": 1}
+
+
+async def test_a_refused_apply_names_the_object_and_quotes_the_api_server(server: tuple[ApiServer, KubeClient]) -> None:
+    api, kube = server
+    api.status(422, 'Deployment.apps "9bot-stable" is invalid: metadata.name: Invalid value')
     with pytest.raises(WriteRefused) as refused:
         await kube.apply(DEPLOYMENT)
     assert (refused.value.kind, refused.value.name) == ("Deployment", "9bot-stable")
@@ -166,7 +270,41 @@ async def test_a_refused_apply_names_the_object_and_quotes_the_api_server() -> N
         await kube.delete("apps/v1", "Deployment", "n", "9bot-stable")
 
 
-async def test_a_forbidden_read_is_not_servable_and_a_missing_object_is_none() -> None:
+async def test_a_forbidden_read_is_not_servable_and_a_missing_object_is_none(
+    server: tuple[ApiServer, KubeClient],
+) -> None:
+    api, kube = server
+    api.status(403, "forbidden")
     with pytest.raises(NotServable, match="may not read"):
-        await KubeClient(Refusing(403, "forbidden")).get("apps/v1", "Deployment", "n", "x")  # type: ignore[arg-type]
-    assert await KubeClient(Refusing(404, "not found")).get("apps/v1", "Deployment", "n", "x") is None  # type: ignore[arg-type]
+        await kube.get("apps/v1", "Deployment", "n", "x")
+    api.status(404, "not found")
+    assert await kube.get("apps/v1", "Deployment", "n", "x") is None
+    await kube.delete("apps/v1", "Deployment", "n", "x")  # already gone: done
+
+
+async def test_a_kind_the_cluster_does_not_serve_is_not_servable_also_behind_a_plain_proxy(
+    server: tuple[ApiServer, KubeClient],
+) -> None:
+    """A missing CRD answers 404 (a Status from the API server, or plain text from a proxy in front)."""
+    api, kube = server
+    route = {
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "HTTPRoute",
+        "metadata": {"name": "r", "namespace": "n"},
+    }
+    for answer in (Answer(404, {"kind": "Status", "code": 404}), Answer(404, "404 page not found", "text/plain")):
+        api.answer = answer
+        with pytest.raises(NotServable, match="install its CRD"):
+            await kube.apply(route)
+    api.answer = Answer(500, "upstream connect error", "text/plain")
+    with pytest.raises(WriteRefused, match="HTTP 500"):
+        await kube.apply(route)
+
+
+async def test_a_kind_the_operator_does_not_write_fails_before_any_request(
+    server: tuple[ApiServer, KubeClient],
+) -> None:
+    api, kube = server
+    with pytest.raises(NotServable, match="not a kind the operator writes"):
+        await kube.apply({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s", "namespace": "n"}})
+    assert api.requests == []
