@@ -25,7 +25,7 @@ import kopf
 
 from fraudmodel_operator import api
 from fraudmodel_operator.api import FraudModel, parse_duration
-from fraudmodel_operator.kube import KubeClient, Manifest, controller_uid, load_configuration
+from fraudmodel_operator.kube import KubeClient, Manifest, controller_uid, indexed, load_configuration
 from fraudmodel_operator.metrics import OperatorMetrics
 from fraudmodel_operator.planner import INSTANCE_LABEL, MANAGED_BY
 from fraudmodel_operator.pods import PodState, summarize
@@ -121,8 +121,8 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
 
 
 def _snapshot(kind: str, api_version: str, body: kopf.Body) -> Manifest:
-    raw = dict(body)
-    return {**raw, "apiVersion": api_version, "kind": kind}
+    """What the index keeps of a child: the fields the operator reads (`kube.indexed`), not the whole object."""
+    return indexed({**dict(body), "apiVersion": api_version, "kind": kind})
 
 
 def _owner(labels: Mapping[str, str]) -> str | None:

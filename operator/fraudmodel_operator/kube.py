@@ -128,6 +128,30 @@ def _same(desired: Any, live: Any, key: str = "", parent: str = "") -> bool:
     return quantity and _same_quantity(desired, live)
 
 
+# What the operator reads of a live child, and all that its in-memory index keeps: `up_to_date`
+# compares the fields it sets (a Deployment's spec, a ConfigMap's data: every top-level field but
+# metadata and status is kept whole), `controller_uid` the owner references, and
+# `reconciler.deployment_ready` these status fields. Server-kept metadata (managedFields alone is
+# often half of an object), other status and other tools' annotations are dropped.
+INDEXED_METADATA = ("name", "namespace", "uid", "generation", "labels", "annotations", "ownerReferences")
+INDEXED_STATUS = ("observedGeneration", "replicas", "updatedReplicas", "readyReplicas", "availableReplicas")
+UNREAD_ANNOTATIONS = frozenset({"kubectl.kubernetes.io/last-applied-configuration"})
+
+
+def indexed(obj: Manifest) -> Manifest:
+    """The part of a live child the operator reads (new dicts: the full object can be freed)."""
+    meta = obj.get("metadata") or {}
+    kept: dict[str, Any] = {k: meta[k] for k in INDEXED_METADATA if k in meta}
+    if "annotations" in kept:
+        kept["annotations"] = {k: v for k, v in kept["annotations"].items() if k not in UNREAD_ANNOTATIONS}
+    slim: Manifest = {k: v for k, v in obj.items() if k not in ("metadata", "status")}
+    slim["metadata"] = kept
+    status = obj.get("status")
+    if isinstance(status, dict):
+        slim["status"] = {k: status[k] for k in INDEXED_STATUS if k in status}
+    return slim
+
+
 def up_to_date(desired: Manifest, live: Manifest | None) -> bool:
     """Whether the manifest is live as we would apply it.
 

@@ -20,6 +20,7 @@ from fraudmodel_operator.kube import (
     NotServable,
     WriteRefused,
     controller_uid,
+    indexed,
     merge_patch,
     up_to_date,
     with_owner,
@@ -108,6 +109,62 @@ def test_a_live_object_applied_by_an_older_operator_is_applied_again() -> None:
     live = with_owner(manifest, fm)
     del live["metadata"]["annotations"]
     assert not up_to_date(with_owner(manifest, fm), live)
+
+
+def test_the_index_keeps_what_the_reconcile_reads_and_drops_what_the_server_keeps() -> None:
+    fm = fraudmodel()
+    manifest = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "bot-stable", "namespace": "risk", "labels": {"app": "bot"}},
+        "spec": {"replicas": 2, "template": {"spec": {"containers": [{"name": "m", "image": "m:v1"}]}}},
+    }
+    desired = with_owner(manifest, fm)
+    live = {
+        **desired,
+        "metadata": {
+            **desired["metadata"],
+            "uid": "d1",
+            "generation": 3,
+            "resourceVersion": "812",
+            "creationTimestamp": "2026-12-01T00:00:00Z",
+            "managedFields": [{"manager": "fraudmodel-operator", "operation": "Apply", "fieldsV1": {"f:spec": {}}}],
+            "annotations": {
+                **desired["metadata"]["annotations"],
+                "deployment.kubernetes.io/revision": "1",
+                "kubectl.kubernetes.io/last-applied-configuration": "{...}",
+            },
+        },
+        "spec": {**desired["spec"], "revisionHistoryLimit": 10},
+        "status": {
+            "observedGeneration": 3,
+            "replicas": 2,
+            "updatedReplicas": 2,
+            "readyReplicas": 2,
+            "availableReplicas": 2,
+            "conditions": [{"type": "Available", "status": "True"}],
+        },
+    }
+    slim = indexed(live)
+    assert "managedFields" not in slim["metadata"]
+    assert "resourceVersion" not in slim["metadata"]
+    assert "kubectl.kubernetes.io/last-applied-configuration" not in slim["metadata"]["annotations"]
+    assert "conditions" not in slim["status"]
+    assert slim["status"]["readyReplicas"] == 2
+    assert slim["metadata"]["generation"] == 3
+    assert up_to_date(desired, slim), "everything the operator compares is kept"
+    assert controller_uid(slim) == "u1"
+    drifted = {**live, "spec": {**live["spec"], "replicas": 1}}
+    assert not up_to_date(desired, indexed(drifted)), "a change to a field we set is still seen"
+    assert live["metadata"]["managedFields"], "the watched object is not modified"
+
+
+def test_the_index_keeps_every_top_level_field_of_a_kind_without_spec() -> None:
+    config = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "bot-routing", "namespace": "risk"}}
+    desired = with_owner({**config, "data": {"routing.json": '{"weight": 10}'}}, fraudmodel())
+    live = {**desired, "metadata": {**desired["metadata"], "managedFields": [{"manager": "x"}]}}
+    assert up_to_date(desired, indexed(live))
+    assert not up_to_date(desired, indexed({**live, "data": {"routing.json": '{"weight": 0}'}}))
 
 
 def ref(uid: str, controller: bool = True, kind: str = "FraudModel") -> dict[str, Any]:
