@@ -118,6 +118,8 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
 
 
 # ---------------------------------------------------------------- children, indexed
+# The index and event handlers are coroutines: they only copy a few fields, and Kopf would run
+# plain functions on its thread pool, a thread hop per watch event.
 
 
 def _snapshot(kind: str, api_version: str, body: kopf.Body) -> Manifest:
@@ -142,13 +144,13 @@ def _child_index(group: str, version: str, plural: str, kind: str) -> None:
     # Labels select what is watched; the controller owner reference decides whose child it is
     # (an object that merely carries our labels is never adopted, nor deleted).
     @kopf.index(group, version, plural, labels=MANAGED, id=f"{plural}_index")
-    def index(namespace: str | None, body: kopf.Body, **_: Any) -> Any:
+    async def index(namespace: str | None, body: kopf.Body, **_: Any) -> Any:
         snapshot = _snapshot(kind, api_version, body)
         owner_uid = controller_uid(snapshot)
         return {(namespace, owner_uid): snapshot} if owner_uid else None
 
     @kopf.on.event(group, version, plural, labels=MANAGED, id=f"{plural}_wake")
-    def wake(namespace: str | None, labels: Mapping[str, str], memo: Any, **_: Any) -> None:
+    async def wake(namespace: str | None, labels: Mapping[str, str], memo: Any, **_: Any) -> None:
         _wake_owner(namespace, labels, memo)
 
 
@@ -164,14 +166,14 @@ for _group, _version, _plural, _kind in CHILD_KINDS:
 
 
 @kopf.index("", "v1", "pods", labels=MANAGED, id="pods_index")
-def pods_index(namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any) -> Any:
+async def pods_index(namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any) -> Any:
     """Each model pod's `PodState` (a few fields, not the object), by FraudModel."""
     owner = _owner(labels)
     return {(namespace, owner): summarize(body)} if owner else None
 
 
 @kopf.on.event("", "v1", "pods", labels=MANAGED, id="pods_wake")
-def pod_changed(namespace: str | None, labels: Mapping[str, str], memo: Any, **_: Any) -> None:
+async def pod_changed(namespace: str | None, labels: Mapping[str, str], memo: Any, **_: Any) -> None:
     _wake_owner(namespace, labels, memo)
 
 
@@ -192,7 +194,7 @@ def live_children(indexes: Mapping[str, Any], namespace: str, owner_uid: str) ->
 
 
 @kopf.on.event(api.GROUP, api.VERSION, api.PLURAL)
-def fraudmodel_changed(namespace: str | None, name: str, memo: Any, **_: Any) -> None:
+async def fraudmodel_changed(namespace: str | None, name: str, memo: Any, **_: Any) -> None:
     runtime: Runtime | None = memo.get("runtime")
     if runtime is not None and namespace:
         runtime.wake(namespace, name)
