@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 MANAGED = {"app.kubernetes.io/managed-by": MANAGED_BY}
 FINALIZER = f"{api.GROUP}/finalizer"
 CATCH_UP_SECONDS = 5.0
+LIST_PAGE = 500  # objects per page of the initial listings
 
 
 @dataclass
@@ -76,6 +77,8 @@ def configure(settings: kopf.OperatorSettings, config: OperatorConfig) -> None:
     settings.peering.mandatory = not config.standalone
     settings.watching.server_timeout = config.watch_timeout
     settings.watching.client_timeout = config.watch_timeout + 30
+    # A restart lists every watched object; in pages, the peak is one page, not all of them at once.
+    settings.watching.chunk_size = LIST_PAGE
     settings.posting.level = logging.INFO
     # Events name us (`kubectl describe`'s "From"), not the framework; the instance is the pod.
     settings.posting.reporting_component = MANAGED_BY
