@@ -1,13 +1,16 @@
 """1,000 FraudModels on the local control plane (kube-apiserver + kwok nodes).
 
-    scripts/cluster/up --name scale --nodes 12
+    scripts/cluster/up --name scale --nodes 12      # kwok nodes take 110 pods each: --nodes 50 for 5,000
     .venv/bin/python benchmarks/cluster_scale.py --kubeconfig ~/.cache/fraudmodel-operator/clusters/scale/kubeconfig
     scripts/cluster/down --name scale
 
 Runs the real `fraudmodel-operator run` out of cluster and prints: time until all
-FraudModels are Ready, the operator's resident memory, its API writes per second once
-idle (from its own counters, cross-checked with the API server's request counters),
-and the time from applying one more FraudModel to all its children existing.
+FraudModels are Ready, the operator's resident memory (now and its peak), its API
+writes per second once idle (from its own counters, cross-checked with the API
+server's request counters), and the time from applying one more FraudModel to all its
+children existing. `--memtrace FILE` runs the operator under tracemalloc
+(benchmarks/memtrace.py) and writes where its live memory was allocated to FILE, at the
+moment the resident memory is read (its figures then include tracemalloc's own cost).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import argparse
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -35,11 +39,11 @@ def kubectl(kubeconfig: str, *args: str, stdin: str | None = None) -> str:
     return out.stdout
 
 
-def fraudmodel(i: int) -> dict[str, object]:
+def fraudmodel(i: int, namespace: str) -> dict[str, object]:
     return {
         "apiVersion": "serving.riskml.io/v1alpha1",
         "kind": "FraudModel",
-        "metadata": {"name": f"fm-{i:04d}", "namespace": "scale"},
+        "metadata": {"name": f"fm-{i:04d}", "namespace": namespace},
         "spec": {
             "model": {"name": "m", "version": "v1", "image": "fraud-detector:v1"},
             "serving": {"replicas": 1, "resources": {"requests": {"cpu": "10m", "memory": "32Mi"}}},
@@ -47,8 +51,8 @@ def fraudmodel(i: int) -> dict[str, object]:
     }
 
 
-def ready_count(kubeconfig: str) -> int:
-    items = json.loads(kubectl(kubeconfig, "get", "fraudmodels", "-n", "scale", "-o", "json"))["items"]
+def ready_count(kubeconfig: str, namespace: str) -> int:
+    items = json.loads(kubectl(kubeconfig, "get", "fraudmodels", "-n", namespace, "-o", "json"))["items"]
     return sum(
         1
         for fm in items
@@ -89,28 +93,34 @@ def main() -> None:
     parser.add_argument("--kubeconfig", required=True)
     parser.add_argument("--models", type=int, default=1000)
     parser.add_argument("--idle-seconds", type=float, default=60)
+    parser.add_argument("--ready-timeout", type=float, default=None, help="measure anyway after this many seconds")
+    parser.add_argument("--namespace", default="scale", help="created for the run (a fresh one per run)")
+    parser.add_argument("--memtrace", type=Path, default=None, help="write the operator's allocation sites here")
     args = parser.parse_args()
-    kc = args.kubeconfig
+    kc, ns = args.kubeconfig, args.namespace
     kubectl(kc, "apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds" / "fraudmodel.yaml"))
     kubectl(kc, "wait", "--for=condition=Established", "crd/fraudmodels.serving.riskml.io")
-    subprocess.run(["kubectl", "--kubeconfig", kc, "create", "namespace", "scale"], capture_output=True, check=False)
+    subprocess.run(["kubectl", "--kubeconfig", kc, "create", "namespace", ns], capture_output=True, check=False)
     env = {**os.environ, "KUBECONFIG": kc, "PYTHONPATH": str(ROOT / "operator")}
+    command = [sys.executable, "-m", "fraudmodel_operator.cli"]
+    if args.memtrace is not None:
+        env["FRAUDMODEL_MEMTRACE"] = str(args.memtrace.resolve())
+        command = [sys.executable, str(ROOT / "benchmarks" / "memtrace.py")]
     log = open(ROOT / ".local-scale-operator.log", "wb")  # noqa: SIM115 (lives as long as the operator)
     operator = subprocess.Popen(
-        [sys.executable, "-m", "fraudmodel_operator.cli", "run", "--standalone", "--metrics-port", str(METRICS_PORT),
-         "--liveness-port", "18096"],
+        [*command, "run", "--standalone", "--metrics-port", str(METRICS_PORT), "--liveness-port", "18096"],
         env=env, stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
     try:
         time.sleep(3)
-        docs = "---\n".join(yaml.safe_dump(fraudmodel(i)) for i in range(args.models))
+        docs = "---\n".join(yaml.safe_dump(fraudmodel(i, ns)) for i in range(args.models))
         start = time.monotonic()
         kubectl(kc, "apply", "--server-side", "-f", "-", stdin=docs)
         applied = time.monotonic() - start
         ready = 0
-        while ready < args.models:
-            time.sleep(2)
-            ready = ready_count(kc)
+        while ready < args.models and (args.ready_timeout is None or time.monotonic() - start < args.ready_timeout):
+            time.sleep(max(2.0, args.models / 500))  # listing thousands of FraudModels loads the API server
+            ready = ready_count(kc, ns)
             print(f"  {time.monotonic() - start:6.1f}s: {ready}/{args.models} Ready", flush=True)
         all_ready = time.monotonic() - start
         time.sleep(15)  # let the last status patches and watch events settle before measuring idle
@@ -118,22 +128,31 @@ def main() -> None:
         time.sleep(args.idle_seconds)
         ours_idle = operator_writes() - ours
         server_idle = apiserver_writes(kc) - server
-        rss = int(re.search(r"VmRSS:\s+(\d+)", Path(f"/proc/{operator.pid}/status").read_text()).group(1))  # type: ignore[union-attr]
+        proc_status = Path(f"/proc/{operator.pid}/status").read_text()
+        rss, peak = (int(re.search(rf"{k}:\s+(\d+)", proc_status).group(1)) for k in ("VmRSS", "VmHWM"))  # type: ignore[union-attr]
+        if args.memtrace is not None:
+            os.kill(operator.pid, signal.SIGUSR1)
 
-        one = fraudmodel(args.models)
+        one = fraudmodel(args.models, ns)
         t0 = time.monotonic()
         kubectl(kc, "apply", "-f", "-", stdin=yaml.safe_dump(one))
         name = one["metadata"]["name"]  # type: ignore[index]
         while True:
-            found = kubectl(kc, "get", "deployments,services", "-n", "scale", "-o", "name",
+            found = kubectl(kc, "get", "deployments,services", "-n", ns, "-o", "name",
                             "-l", f"serving.riskml.io/fraudmodel={name}")  # fmt: skip
             if len(found.split()) == 3:  # Deployment, shared Service, stable Service
                 break
             time.sleep(0.05)
         children = time.monotonic() - t0
 
-        print(f"\n{args.models} FraudModels: applied in {applied:.1f}s, all Ready after {all_ready:.1f}s")
-        print(f"operator resident memory with {args.models} FraudModels: {rss / 1024:.0f} MiB")
+        readiness = (
+            f"all Ready after {all_ready:.1f}s" if ready == args.models else f"{ready} Ready after {all_ready:.1f}s"
+        )
+        print(f"\n{args.models} FraudModels: applied in {applied:.1f}s, {readiness}")
+        print(
+            f"operator resident memory with {args.models} FraudModels: {rss / 1024:.0f} MiB"
+            f" (peak {peak / 1024:.0f} MiB)"
+        )
         print(
             f"idle for {args.idle_seconds:.0f}s: operator writes {ours_idle:.0f} "
             f"({ours_idle / args.idle_seconds:.2f}/s); API server saw {server_idle:.0f} writes to "
@@ -143,7 +162,7 @@ def main() -> None:
     finally:
         operator.terminate()
         operator.wait(timeout=30)
-        subprocess.run(["kubectl", "--kubeconfig", kc, "delete", "namespace", "scale", "--wait=false"],
+        subprocess.run(["kubectl", "--kubeconfig", kc, "delete", "namespace", ns, "--wait=false"],
                        capture_output=True, check=False)  # fmt: skip
 
 
