@@ -2,10 +2,13 @@
 
     .venv/bin/python benchmarks/rollout.py [--healthy 5] [--regressed 3]
 
-Each run is the integration tier's world: the Kopf operator (kmock API), Prometheus from
-Debian's package scraping two BentoML servers of the bento, and traffic split at the weight
-the operator writes. Traffic is noisy: its rate wanders between 50 and 150 requests per
-second. Needs `prometheus` on PATH and the bento's environment (./scripts/test sets both up).
+Each run is the integration tier's world and FraudModel (tests/integration/test_rollout_real.py:
+steps 20 and 50, its interval, failureLimit and minSamples): the Kopf operator (kmock API),
+Prometheus from Debian's package scraping two BentoML servers of the bento, and traffic split at
+the weight the operator routed (status.canary.routedWeight: the emulated API
+merges the shared Service's selector, so the read-back effectiveWeight stays 0 there). Traffic is noisy:
+its rate wanders between 200 and 300 requests per second (the tier's 250). Needs `prometheus` on
+PATH and the bento's environment (./scripts/test sets both up).
 
 Prints, per run, the outcome and timings, then:
 - time from regression onset (the canary's first traffic) to rollback, against the
@@ -39,16 +42,18 @@ from tests.kopf_harness import FM, eventually, operator_harness
 from fraudmodel_operator.api import FraudModel, parse_duration
 from fraudmodel_operator.prometheus import PrometheusProvider
 
-INTERVAL, FAILURE_LIMIT = 5.0, 2
+TIER = fraudmodel("v0", "http://prometheus")["spec"]["rollout"]
+INTERVAL, FAILURE_LIMIT = parse_duration(TIER["interval"]), int(TIER["analysis"]["failureLimit"])
+DEADLINE_SECONDS = 600.0  # the tier's own limit for an outcome
 STABLE_TRAFFIC = 'increase(bentoml_service_request_total{track="stable",endpoint=~"/predict.*"}[15s]) > 0'
 
 
 def noisy_rate(rng: random.Random) -> Callable[[], float]:
-    """A request rate wandering between 50 and 150 per second."""
-    rate = [100.0]
+    """A request rate wandering between 200 and 300 per second."""
+    rate = [250.0]
 
     def next_rate() -> float:
-        rate[0] = min(150.0, max(50.0, rate[0] + rng.uniform(-10, 10)))
+        rate[0] = min(300.0, max(200.0, rate[0] + rng.uniform(-10, 10)))
         return rate[0]
 
     return next_rate
@@ -75,7 +80,7 @@ async def one_run(bento: Bento, canary_version: str, workdir: Path) -> dict[str,
                     asyncio.create_task(play_deployment_controller(harness)),
                     asyncio.create_task(
                         send_traffic(
-                            lambda: canary_weight(harness.status("bot")),
+                            lambda: canary_weight(harness.status("bot"), effective=False),
                             urls,
                             bodies,
                             rps=noisy_rate(random.Random()),
@@ -92,7 +97,7 @@ async def one_run(bento: Bento, canary_version: str, workdir: Path) -> dict[str,
                     await harness.patch(FM, "bot", {"spec": spec, "metadata": {"generation": 2}})
                     started = time.monotonic()
                     onset = None
-                    deadline = started + 240
+                    deadline = started + DEADLINE_SECONDS
                     analyses: list[str] = []  # each analysis: verdict @ seconds after onset
                     seen = None
                     while time.monotonic() < deadline:
