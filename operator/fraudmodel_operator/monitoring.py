@@ -3,7 +3,8 @@
 Population drift (new merchants, a holiday, a changed upstream feature) moves the canary and
 the stable alike, so the canary analysis cannot see it. Every serving pod publishes its model's
 reference sample (the test split it was evaluated on) as distributions on the same buckets as
-its live metrics; this module compares the two for the stable track of a Ready FraudModel.
+its live metrics; this module compares the two for the stable track of a FraudModel whose
+stable model serves (WATCHED_PHASES).
 
 `queries()` says what to read, `assess()` judges it (pure), `drifting()` turns the judgement and
 the previous condition into the `Drifting` condition (pure, with hysteresis), and `measure()`
@@ -246,11 +247,17 @@ def assess(spec: MonitoringSpec, version: str, m: DriftMeasures) -> DriftReport:
 # ---------------------------------------------------------------- the condition
 
 
+# The phases in which a stable model serves live traffic, and so is watched: after promotion,
+# but also during a rollout (the stable still answers most requests, and its own track's
+# metrics are measured) and after a rollback (the stable answers all of them again).
+WATCHED_PHASES = frozenset({Phase.READY, Phase.PROGRESSING, Phase.PAUSED, Phase.ROLLED_BACK})
+
+
 def monitoring_due(fm: FraudModel, last: tuple[str, datetime] | None, now: datetime) -> bool:
-    """Whether the stable model is due a measurement: Ready, watched, and `interval` since its last one."""
+    """Whether the stable model is due a measurement: serving, watched, and `interval` since its last one."""
     spec = fm.spec.monitoring
     version = fm.status.stable.version
-    if not spec.enabled or fm.status.phase != Phase.READY or fm.status.canary is not None or not version:
+    if not spec.enabled or fm.status.phase not in WATCHED_PHASES or not version:
         return False
     if last is None or last[0] != version:
         return True

@@ -151,12 +151,26 @@ READY = FraudModelStatus(phase=Phase.READY, stable=track("v1"))
         (READY, {}, ("v1", T0), at(300), True),
         (READY, {}, ("v0", T0), at(1), True),  # promoted since: the new model at once
         (READY, {"enabled": False}, None, T0, False),
-        (READY.model_copy(update={"phase": Phase.PROGRESSING, "canary": canary()}), {}, None, T0, False),
+        (READY.model_copy(update={"phase": Phase.PROGRESSING, "canary": canary()}), {}, None, T0, True),
+        (READY.model_copy(update={"phase": Phase.PAUSED, "canary": canary()}), {}, None, T0, True),
+        (READY.model_copy(update={"phase": Phase.ROLLED_BACK, "canary": canary()}), {}, None, T0, True),
+        (READY.model_copy(update={"phase": Phase.FAILED}), {}, None, T0, False),
         (FraudModelStatus(phase=Phase.PENDING), {}, None, T0, False),
     ],
-    ids=["first", "before-interval", "at-interval", "new-version", "disabled", "mid-rollout", "nothing-served"],
+    ids=[
+        "first",
+        "before-interval",
+        "at-interval",
+        "new-version",
+        "disabled",
+        "mid-rollout",
+        "paused",
+        "rolled-back",
+        "failed",
+        "nothing-served",
+    ],
 )
-def test_monitoring_is_due_for_a_ready_stable_model_each_interval(
+def test_monitoring_is_due_for_a_serving_stable_model_each_interval(
     status: FraudModelStatus, monitoring: dict[str, object], last: tuple[str, object] | None, now: object, due: bool
 ) -> None:
     fm = fraudmodel(status=status)
