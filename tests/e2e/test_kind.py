@@ -16,6 +16,7 @@ import os
 import socket
 import subprocess
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -56,13 +57,18 @@ def fraudmodel(version: str, prometheus: str) -> dict[str, Any]:
     doc: dict[str, Any] = yaml.safe_load((ROOT / "examples" / "minimal.yaml").read_text())
     doc["metadata"] = {"name": NAME, "namespace": NAMESPACE}
     doc["spec"]["model"].update(name=NAME, version=version, image=f"{BENTO_REPOSITORY}:{version}")
+    # Small requests: the suite's nodes (kind's workers, the one real node of a 2-core CI
+    # machine) must fit two tracks at once; the default 500m each would leave canaries Pending.
+    doc["spec"]["serving"] = {
+        "resources": {"requests": {"cpu": "100m", "memory": "384Mi"}, "limits": {"memory": "2Gi"}}
+    }
     doc["spec"]["rollout"] = {
         "steps": [20, 50, 80],
         "interval": "30s",
         "progressDeadline": "5m",
         "analysis": {
             "prometheus": {"address": prometheus},
-            "window": "30s",
+            "window": "30m",  # evidence since the canary started, at most this far back
             "minSamples": 20,
             "failureLimit": 1,
         },
@@ -136,7 +142,9 @@ def payloads(count: int) -> list[dict[str, Any]]:
 def service_url(cluster: Cluster) -> Iterator[str]:
     """The FraudModel's shared Service: its ClusterIP where the host routes there, else a port-forward."""
     if cluster.routable:
-        yield f"http://{cluster.service_ip(NAMESPACE, NAME)}:{SERVICE_PORT}"
+        # The Service's own port (the planner's 80), which kube-proxy maps to the pods' 3000.
+        port = cluster.get("service", NAME, "-n", NAMESPACE)["spec"]["ports"][0]["port"]
+        yield f"http://{cluster.service_ip(NAMESPACE, NAME)}:{port}"
     else:
         with port_forward(cluster) as base:
             yield base
@@ -185,7 +193,7 @@ class Traffic:
 def prometheus(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Prometheus' address as the operator's pods reach it."""
     if cluster.routable:
-        host = HostPrometheus(tmp_path_factory.mktemp("prometheus"), cluster.kubeconfig)
+        host = HostPrometheus(tmp_path_factory.mktemp("prometheus"), cluster.kubeconfig, tool("kubectl") or "kubectl")
         host.start()
         try:
             yield host.url
@@ -265,6 +273,30 @@ def test_regressed_version_rolls_back_with_reason(installed: Cluster, prometheus
     assert st["history"][0]["outcome"] == "RolledBack"
     warnings = [e for e in events(installed) if e["type"] == "Warning"]
     assert any(degraded["reason"] in (e.get("reason", "") + e.get("message", "")) for e in warnings), warnings
+
+
+def prometheus_query(url: str, query: str) -> list[dict[str, Any]]:
+    with urllib.request.urlopen(f"{url}/api/v1/query?{urllib.parse.urlencode({'query': query})}", timeout=10) as r:
+        result: list[dict[str, Any]] = json.load(r)["data"]["result"]
+    return result
+
+
+def test_prometheus_scrapes_both_tracks_through_the_service(installed: Cluster, prometheus: str) -> None:
+    """The pods carry the labels the analysis selects on (track, fraudmodel, namespace), Prometheus
+    finds them the chart's way, and requests sent to the one shared Service reached the stable and
+    the canary track's pods (kube-proxy spreads them over both, in the ratio of their replicas)."""
+    if not installed.routable:
+        pytest.skip("Prometheus runs in-cluster here: not reachable from the tests")
+    selector = f'namespace="{NAMESPACE}",fraudmodel="{NAME}"'
+    targets = prometheus_query(prometheus, f"up{{{selector}}}")
+    assert targets, f"Prometheus has no target with {selector}"
+    assert {t["metric"].get("track") for t in targets} >= {"stable"}, targets
+    served = prometheus_query(
+        prometheus, f"sum by (track) (max_over_time(bentoml_service_request_total{{{selector}}}[1h]))"
+    )
+    by_track = {r["metric"]["track"]: float(r["value"][1]) for r in served}
+    assert by_track.get("stable", 0) > 0, by_track
+    assert by_track.get("canary", 0) > 0, by_track
 
 
 def test_good_version_is_promoted(installed: Cluster, prometheus: str) -> None:
