@@ -1,6 +1,7 @@
 -- Argo CD health check for serving.riskml.io/FraudModel.
 -- Install under resource.customizations.health.serving.riskml.io_FraudModel in argocd-cm
--- (see docs/gitops.md). Lua 5.1 (gopher-lua): no goto, no integer division.
+-- (see docs/gitops.md). Lua 5.1 (gopher-lua): no goto, no integer division. Argo CD opens only
+-- the base, table and package libraries for health checks: no string.*, math.*, os.*.
 --
 --   status not yet observed (observedGeneration < generation) -> Progressing
 --   phase Paused                                              -> Suspended
@@ -56,7 +57,7 @@ local generation = obj.metadata and obj.metadata.generation
 local observed = status.observedGeneration
 if generation ~= nil and (observed == nil or observed < generation) then
   hs.status = "Progressing"
-  hs.message = "Waiting for the operator to observe generation " .. string.format("%d", generation)
+  hs.message = "Waiting for the operator to observe generation " .. tostring(generation)
   return hs
 end
 
@@ -87,7 +88,7 @@ if phase == "Progressing" or phase == "Pending" or phase == nil then
   local message = first(describe(progressing), status.message)
   if message == nil then
     if status.canary ~= nil and status.canary.weight ~= nil then
-      message = "Canary at " .. string.format("%d", status.canary.weight) .. "%"
+      message = "Canary at " .. tostring(status.canary.weight) .. "%"
     else
       message = "Waiting for the operator"
     end
