@@ -497,7 +497,8 @@ def _latency(
     q_name = f"p{round(q * 100, 2):g}"
     stable_q = quantile(stable.latency, q)
     if not canary.latency or not stable.latency or stable_q is None or canary.latency[-1][1] <= 0:
-        return _inconclusive("latency", f"{q_name} within limits", "no answered requests in the latency histogram")
+        why = "no answered requests in the latency histogram"
+        return _inconclusive("latency", f"{q_name} within limits", why, samples, looks)
     s = stable_q[0]
     limit = max(s * lat.max_ratio, s + lat.tolerance_seconds)
     threshold = f"{q_name} <= {limit:.4g}s" + (f" and <= {lat.max_seconds:g}s" if lat.max_seconds else "")
@@ -505,7 +506,8 @@ def _latency(
     a = look_alpha(alpha, k) / (2 if lat.max_seconds is not None else 1)
     bounds = [le for le, _, _ in shared_bins(canary.latency, stable.latency)]
     if not any(math.isfinite(b) for b in bounds):
-        return _inconclusive("latency", threshold, "the tracks' latency histograms share no bucket bound", samples)
+        why = "the tracks' latency histograms share no bucket bound"
+        return _inconclusive("latency", threshold, why, samples, looks)
     edge = slow_edge(bounds, limit)
     slow_c, n_c = exceedance(canary.latency, edge)
     slow_s, n_s = exceedance(stable.latency, edge)

@@ -435,6 +435,10 @@ def test_latency_spends_alpha_over_looks() -> None:
     first = latency_verdict(latency(20_000), latency(20_000))
     later = results(measures(), looks={"latency": 9})["latency"]
     assert (first.looks, later.looks) == (1, 10)
+    # A look without answers to count keeps the looks spent: alpha spending does not start over.
+    empty = TrackMeasures(requests=20_000, latency=((0.001, 0.0), (math.inf, 0.0)))
+    held = results(empty, looks={"latency": 9})["latency"]
+    assert (held.verdict, held.looks) == (Verdict.INCONCLUSIVE, 9)
 
 
 @pytest.mark.parametrize(
