@@ -36,8 +36,12 @@ from tests.kopf_harness import CONFIGMAPS, FM, SERVICES, Harness, eventually, op
 
 pytestmark = pytest.mark.integration
 
-RPS = 250
-ACCOUNTS = 3_000  # each account sends a request every ~12 s at 250 requests a second
+RPS = 100
+ACCOUNTS = 1_000  # each account sends a request every ~10 s
+# The routing is under test, not the models: the checks that need many flags to decide (flag rate,
+# drift) and the latency check are off, so the steps advance on the error, shed, rejection and
+# stickyFallback checks within minutes even on a loaded machine.
+CHECKS = {"flagRate": {"enabled": False}, "scoreDrift": {"enabled": False}, "latency": {"enabled": False}}
 
 
 @dataclass
@@ -116,8 +120,13 @@ async def sticky_world(
     routing_file = tmp_path / "routing.json"
     # A generous hop timeout: on two shared cores a forward can wait behind other work, and a timeout
     # (answered by the stable, as the policy says) is not what this test is about; it counts them.
+    # and no shedding: the machine's own load is not under test either.
     stable = servers.start(
-        GOOD, "stable", FRAUDMODEL_ROUTING_FILE=str(routing_file), FRAUDMODEL_STICKY_TIMEOUT_MS="2000"
+        GOOD,
+        "stable",
+        FRAUDMODEL_ROUTING_FILE=str(routing_file),
+        FRAUDMODEL_STICKY_TIMEOUT_MS="2000",
+        FRAUDMODEL_MAX_QUEUE_MS="5000",
     )
     seen.stable_url = stable.url
     canary = servers.start(GOOD_NEXT, "canary")
@@ -136,13 +145,13 @@ async def sticky_world(
             asyncio.create_task(send_keyed_traffic(stable.url, bodies, seen, RPS)),
         ]
         try:
-            first = fraudmodel(GOOD, prometheus.url)
+            first = fraudmodel(GOOD, prometheus.url, checks=CHECKS)
             first["spec"]["rollout"]["stickyBy"] = {"field": "account_id"}
             await harness.create(first)
             await eventually(lambda: harness.status("bot").get("phase") == "Ready", within=30)
             stable_traffic = 'increase(bentoml_service_request_total{track="stable",endpoint=~"/predict.*"}[15s]) > 0'
             await asyncio.to_thread(prometheus.wait_for_data, stable_traffic)
-            spec = fraudmodel(GOOD_NEXT, prometheus.url)["spec"]
+            spec = fraudmodel(GOOD_NEXT, prometheus.url, checks=CHECKS)["spec"]
             spec["rollout"]["stickyBy"] = {"field": "account_id"}
             await harness.patch(FM, "bot", {"spec": spec, "metadata": {"generation": 2}})
             yield harness
@@ -171,10 +180,8 @@ async def test_sticky_canary_keeps_each_account_on_one_track_and_is_promoted(
     assert shared is not None
     assert shared["spec"]["selector"]["serving.riskml.io/track"] == "stable"  # every request reaches stable
 
-    # Clients only ever got answers: no canary failure reached them (503 is the stable shedding load
-    # on two shared cores, with Retry-After: an answer, and rare).
-    assert set(seen.statuses) <= {200, 503}, dict(seen.statuses)
-    assert seen.statuses.get(503, 0) < 0.01 * sum(seen.statuses.values()), dict(seen.statuses)
+    # Clients only ever got answers: no canary failure reached them.
+    assert set(seen.statuses) == {200}, dict(seen.statuses)
     assert seen.transport_errors == 0
     assert fallbacks <= 0.005 * forwarded, (fallbacks, forwarded)
 
