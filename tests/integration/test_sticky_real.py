@@ -80,8 +80,12 @@ async def play_kubelet(harness: Harness, path: Path, canary_url: str, seen: Seen
         await asyncio.sleep(0.5)
 
 
-async def send_keyed_traffic(url: str, bodies: list[dict[str, Any]], seen: Seen, rps: float) -> None:
-    """Open-loop traffic to the shared Service (the stable server) with an account id per transaction."""
+async def send_keyed_traffic(
+    url: str, bodies: list[dict[str, Any]], seen: Seen, rps: float, stop: asyncio.Event
+) -> None:
+    """Open-loop traffic to the shared Service (the stable server) with an account id per transaction,
+    until `stop`; then the requests in flight finish before the client closes (a request cancelled
+    mid-flight can leave its socket to the garbage collector)."""
     rng = random.Random(3)
     in_flight: set[asyncio.Task[None]] = set()
 
@@ -97,19 +101,15 @@ async def send_keyed_traffic(url: str, bodies: list[dict[str, Any]], seen: Seen,
             seen.by_revision[revision][account].add(response.json()["version"])
 
     async with httpx.AsyncClient(timeout=5) as client:
-        try:
-            i = 0
-            while True:
-                account = f"acct-{rng.randrange(ACCOUNTS):05d}"
-                task = asyncio.get_running_loop().create_task(one(client, bodies[i % len(bodies)], account))
-                i += 1
-                in_flight.add(task)
-                task.add_done_callback(in_flight.discard)
-                await asyncio.sleep(1 / rps)
-        finally:
-            for task in in_flight:
-                task.cancel()
-            await asyncio.gather(*in_flight, return_exceptions=True)
+        i = 0
+        while not stop.is_set():
+            account = f"acct-{rng.randrange(ACCOUNTS):05d}"
+            task = asyncio.get_running_loop().create_task(one(client, bodies[i % len(bodies)], account))
+            i += 1
+            in_flight.add(task)
+            task.add_done_callback(in_flight.discard)
+            await asyncio.sleep(1 / rps)
+        await asyncio.gather(*in_flight, return_exceptions=True)
 
 
 @contextlib.asynccontextmanager
@@ -138,11 +138,12 @@ async def sticky_world(
         prom = fm.spec.rollout.analysis.prometheus
         return PrometheusProvider(http, prom.address, parse_duration(prom.timeout))
 
+    stop = asyncio.Event()
     async with operator_harness(provider_for) as harness:
+        traffic = asyncio.create_task(send_keyed_traffic(stable.url, bodies, seen, RPS, stop))
         tasks = [
             asyncio.create_task(play_deployment_controller(harness)),
             asyncio.create_task(play_kubelet(harness, routing_file, canary.url, seen)),
-            asyncio.create_task(send_keyed_traffic(stable.url, bodies, seen, RPS)),
         ]
         try:
             first = fraudmodel(GOOD, prometheus.url, checks=CHECKS)
@@ -156,6 +157,8 @@ async def sticky_world(
             await harness.patch(FM, "bot", {"spec": spec, "metadata": {"generation": 2}})
             yield harness
         finally:
+            stop.set()
+            await traffic
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
