@@ -276,6 +276,44 @@ async def canary_crash_loop(c: Cluster) -> None:
     await c.reconcile(30)
 
 
+def paired_answers(both: float, only_stable: float, only_shadow: float, neither: float) -> Callable[[str], Vector]:
+    """What Prometheus answers to the paired queries (paired.py) for one agreement table."""
+    cells = {("flag", "flag"): both, ("flag", "allow"): only_stable, ("allow", "flag"): only_shadow}
+    cells[("allow", "allow")] = neither
+
+    def answer(promql: str) -> Vector:
+        if "fraud_model_paired_decisions_total" in promql or "fraud_model_paired_amount_total" in promql:
+            scale = 100.0 if "amount" in promql else 1.0
+            return [({"stable_decision": s, "shadow_decision": h}, n * scale) for (s, h), n in cells.items()]
+        if "abs_score_delta_count" in promql:
+            return [({}, both + only_stable + only_shadow + neither)]
+        if "abs_score_delta_sum" in promql:
+            return [({}, 0.01 * (both + only_stable + only_shadow + neither))]
+        return []
+
+    return answer
+
+
+async def shadow(c: Cluster) -> None:
+    """A new version in a shadow phase: its pods ready, too few pairs yet to judge."""
+    await ready(c)
+    c.body["spec"]["rollout"]["shadow"] = {"duration": "10m", "minPairedSamples": 1000}
+    c.change_spec("v2")
+    await c.reconcile()
+    c.ready.add("fraud-detector-shadow")
+    c.provider.answer = paired_answers(2, 0, 1, 400)
+    await c.reconcile(5)
+    await c.reconcile(30)
+
+
+async def shadow_failed(c: Cluster) -> None:
+    """The shadow flips one decision in ten: rolled back before any client saw it."""
+    await shadow(c)
+    c.provider.answer = paired_answers(40, 10, 460, 4490)
+    await c.reconcile(30)
+    await c.reconcile(30)
+
+
 async def invalid_spec(c: Cluster) -> None:
     await ready(c)
     c.body["spec"]["rollout"]["steps"] = [50, 20]
@@ -309,6 +347,8 @@ SCENARIOS = (
     Scenario("promoting", promoting, "Progressing", "promoting", "InProgress"),
     Scenario("promoted", promoted, "Healthy", "serving v2", "Current"),
     Scenario("invalid-spec", invalid_spec, "Degraded", "invalid spec", "Failed"),
+    Scenario("shadow", shadow, "Progressing", "Shadow v2", "InProgress"),
+    Scenario("shadow-failed", shadow_failed, "Degraded", "FlipRateFailed", "Failed"),
     Scenario("image-pull-failed", image_pull_failed, "Degraded", "ImagePullFailed: stable pod", "InProgress"),
     Scenario(
         "image-pull-failed-past-deadline", image_pull_failed_past_deadline, "Degraded", "ImagePullBackOff", "Failed"

@@ -22,6 +22,9 @@ Targets, all serving the same model with the same validation on loopback:
 * ``kserve-1w``, ``mlserver-1w``, ``litserve-1w``: the model servers a user would pick
   instead, each serving the same model through its own custom-model API with one worker
   and one torch thread (benchmarks/bento/peers; their venvs come from peers/setup-venvs),
+* ``bento-1w-mirror``: bento-1w mirroring *every* scored request to a shadow (routing
+  config with sample 1, the worst case; the shadow is ``mirror_sink.py``, which answers
+  202 at once, so only the stable's side of mirroring is measured),
 
 each under wrk at several connection counts (closed loop). Before measuring, every server
 must return the model's own score for the same transactions, or the run stops. Besides
@@ -268,9 +271,20 @@ def model_facts(env: dict[str, str]) -> tuple[Path, float]:
     return Path(stored.path), 0.5 if threshold is None else threshold
 
 
+HELPERS: list[subprocess.Popen[bytes]] = []  # processes a target needs beside its server, stopped at the end
+
+
 def servers(env: dict[str, str], targets: list[str], tmp: Path, canary_port: int) -> dict[str, Server]:
     """Every target this run starts, by name (``canary_port``: where bento-1w will listen)."""
     tag = f"fraud_detector:{MODEL_VERSION}"
+    mirror_routing = tmp / "routing-mirror.json"
+    if "bento-1w-mirror" in targets:
+        sink_port = free_port()
+        HELPERS.append(
+            start([sys.executable, str(HERE / "mirror_sink.py"), str(sink_port)], env, HERE, tmp / "sink.log")
+        )
+        shadow = {"url": f"http://127.0.0.1:{sink_port}", "sample": 1.0, "version": MODEL_VERSION}
+        mirror_routing.write_text(json.dumps({"revision": "bench", "shadow": shadow}))
     bento_cmd = [
         sys.executable,
         "-m",
@@ -300,6 +314,11 @@ def servers(env: dict[str, str], targets: list[str], tmp: Path, canary_port: int
         ),
         "bento-2w": Server(
             lambda port: [*bento_cmd, "--port", str(port)], {**bento_env, "FRAUDMODEL_WORKERS": "2"}, BENTO_DIR
+        ),
+        "bento-1w-mirror": Server(
+            lambda port: [*bento_cmd, "--port", str(port)],
+            {**bento_env, "FRAUDMODEL_WORKERS": "1", "FRAUDMODEL_ROUTING_FILE": str(mirror_routing)},
+            BENTO_DIR,
         ),
     }
     # The sticky targets forward to bento-1w (their canary) at the weight of their routing file.
@@ -495,6 +514,8 @@ def main() -> int:
     finally:
         for r in running.values():
             stop(r.proc)
+        for helper in HELPERS:  # the mirroring target's shadow stand-in
+            stop(helper)
         shutil.rmtree(tmp, ignore_errors=True)
     for name in served:
         for c in conns:

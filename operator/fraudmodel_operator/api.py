@@ -47,11 +47,11 @@ HISTORY_LIMIT = 10
 # labels (63 characters, starting with a letter). These rules are the root's CEL rules
 # (crd.py) and the operator's own check of metadata.name, with the same messages.
 MAX_NAME_LENGTH = 56
-CHILD_SUFFIXES = ("-stable", "-canary")
+CHILD_SUFFIXES = ("-stable", "-canary", "-shadow")
 NAME_RULES: tuple[tuple[str, str, Callable[[str], bool]], ...] = (
     (
         f"self.metadata.name.size() <= {MAX_NAME_LENGTH}",
-        f"metadata.name must be at most {MAX_NAME_LENGTH} characters (child objects append -stable/-canary)",
+        f"metadata.name must be at most {MAX_NAME_LENGTH} characters (child objects append -stable/-canary/-shadow)",
         lambda name: len(name) <= MAX_NAME_LENGTH,
     ),
     (
@@ -62,7 +62,7 @@ NAME_RULES: tuple[tuple[str, str, Callable[[str], bool]], ...] = (
     ),
     (
         " && ".join(f"!self.metadata.name.endsWith('{suffix}')" for suffix in CHILD_SUFFIXES),
-        "metadata.name must not end in -stable or -canary: FraudModel `fraud` names its own Services "
+        "metadata.name must not end in -stable, -canary or -shadow: FraudModel `fraud` names its own Services "
         "fraud-stable and fraud-canary, so a FraudModel `fraud-canary` would claim the same Service",
         lambda name: not name.endswith(CHILD_SUFFIXES),
     ),
@@ -1005,6 +1005,92 @@ class RollbackSpec(_Model):
     )
 
 
+class FlipRateGate(_Model):
+    """Share of paired transactions on which the shadow decides otherwise than the stable did."""
+
+    enabled: bool = Field(default=True, description="Run this gate.")
+    max_rate: float = Field(
+        default=0.005,
+        gt=0.0,
+        le=1.0,
+        description="Largest share of paired transactions whose decision flips (flag <-> allow). Pass when the "
+        "upper end of the exact (Clopper-Pearson) interval of the flip rate is <= maxRate, Fail when its lower "
+        "end is above it (alpha spent over looks), else Inconclusive. At a 1% flag rate a healthy retrain "
+        "flips a few in a thousand; a miscalibrated model tens.",
+    )
+
+
+class PairedFlagRateGate(_Model):
+    """Shadow flag rate / stable flag rate on the *same* transactions, with an exact paired interval."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_cel(
+            (
+                "!has(self.minRatio) || !has(self.maxRatio) || self.minRatio <= self.maxRatio",
+                "minRatio must be <= maxRatio",
+            )
+        )
+    )
+
+    enabled: bool = Field(default=True, description="Run this gate.")
+    min_ratio: float = Field(default=0.8, ge=0.0, le=100.0, description="Lowest allowed shadow/stable flag-rate ratio.")
+    max_ratio: float = Field(
+        default=1.25, ge=0.0, le=100.0, description="Highest allowed shadow/stable flag-rate ratio."
+    )
+
+    @model_validator(mode="after")
+    def _bounds(self) -> PairedFlagRateGate:
+        if self.min_ratio > self.max_ratio:
+            raise ValueError("minRatio must be <= maxRatio")
+        return self
+
+
+class ShadowGates(_Model):
+    """What a shadow phase must show, transaction by transaction."""
+
+    flip_rate: FlipRateGate = Field(default_factory=FlipRateGate, description="Decision flips (flag <-> allow).")
+    flag_rate_ratio: PairedFlagRateGate = Field(
+        default_factory=PairedFlagRateGate,
+        description="Paired flag-rate ratio (shadow flags / stable flags on the same transactions), with the "
+        "score interval for a ratio of paired proportions over the whole agreement table: it must lie inside "
+        "[minRatio, maxRatio] to Pass and wholly outside to Fail (alpha spent over looks). The message also "
+        "gives the exact McNemar p-value of the discordant pairs (equal flag rates).",
+    )
+
+
+SHADOW_STRATEGY_MESSAGE = "rollout.shadow needs strategy Canary (Immediate replaces the stable at once, unjudged)"
+
+
+class ShadowSpec(_Model):
+    """A shadow phase before any client sees the new version: it scores a mirrored sample of the
+    stable's live traffic, its answers are thrown away, and both models are compared pair by pair."""
+
+    duration: Annotated[Duration, duration_between("1m", "168h")] = Field(
+        default="30m",
+        description="Shortest time in shadow: a Pass counts only after it (a fraud pattern of the night "
+        "should be seen); a Fail rolls back at once.",
+    )
+    min_paired_samples: int = Field(
+        default=2000,
+        ge=1,
+        le=100_000_000,
+        description="Paired transactions (scored by both models) needed before any gate is judged.",
+    )
+    sample: float = Field(
+        default=0.25,
+        gt=0.0,
+        le=1.0,
+        description="Share of the stable's scored requests mirrored to the shadow. Mirroring is asynchronous "
+        "and dropped (counted), never delayed, when the shadow lags.",
+    )
+    gates: ShadowGates = Field(default_factory=ShadowGates, description="Paired gates.")
+    then: Literal["Canary", "Promote"] = Field(
+        default="Canary",
+        description="After a passed shadow phase: `Canary` runs the weighted steps (their own analysis), "
+        "`Promote` replaces the stable at once.",
+    )
+
+
 DEADLINE_MESSAGE = (
     "progressDeadline must be longer than interval: each step waits interval before its first analysis, "
     "so a shorter deadline always rolls back"
@@ -1037,6 +1123,7 @@ class RolloutSpec(_Model):
                 "!has(self.stickyBy) || !has(self.trafficRouting) || has(self.trafficRouting.replicaRatio)",
                 STICKY_ROUTER_MESSAGE,
             ),
+            ("!has(self.shadow) || !has(self.strategy) || self.strategy == 'Canary'", SHADOW_STRATEGY_MESSAGE),
         )
     )
 
@@ -1081,6 +1168,11 @@ class RolloutSpec(_Model):
         "forwards the canary's keys to the canary Service (needs replicaRatio routing). A request without the key "
         "stays on stable.",
     )
+    shadow: ShadowSpec | None = Field(
+        default=None,
+        description="A shadow phase before the canary steps (or instead of them, `then: Promote`): the new "
+        "version scores a mirrored sample of live traffic and never answers a client. Needs strategy Canary.",
+    )
     analysis: AnalysisSpec = Field(default_factory=AnalysisSpec, description="Canary analysis.")
     on_rollback: RollbackSpec = Field(default_factory=RollbackSpec, description="Rollback behaviour.")
 
@@ -1101,6 +1193,8 @@ class RolloutSpec(_Model):
             )
         if self.sticky_by is not None and self.traffic_routing.kind != "replicaRatio":
             raise ValueError(STICKY_ROUTER_MESSAGE)
+        if self.shadow is not None and self.strategy != Strategy.CANARY:
+            raise ValueError(SHADOW_STRATEGY_MESSAGE)
         return self
 
     @property
@@ -1195,6 +1289,7 @@ class FraudModelSpec(_Model):
 class Phase(StrEnum):
     PENDING = "Pending"
     PROGRESSING = "Progressing"
+    SHADOW = "Shadow"  # a new version scores mirrored traffic; the stable answers every client
     READY = "Ready"
     PAUSED = "Paused"
     ROLLED_BACK = "RolledBack"
@@ -1276,6 +1371,28 @@ class CanaryStatus(TrackStatus):
     scaled_down: bool = Field(default=False, description="Rolled back and scaled to zero.")
 
 
+class ShadowStatus(TrackStatus):
+    """The shadow track: a new version scoring a mirrored sample of the stable's traffic. `weight` is
+    always 0: its answers never reach a client."""
+
+    sample: float = Field(default=0.0, description="Share of the stable's scored requests mirrored to it.")
+    started_at: datetime | None = Field(default=None, description="When the shadow phase started.")
+    progressed_at: datetime | None = Field(
+        default=None, description="Last progress (start or conclusive analysis); the deadline counts from it."
+    )
+    analyzed_at: datetime | None = Field(default=None, description="When the last paired analysis ran.")
+    paired_samples: int | None = Field(
+        default=None, description="Transactions scored by both models, at the last analysis."
+    )
+    failed_checks: int = Field(default=0, description="Failed paired analyses over the shadow phase.")
+    inconclusive_checks: int = Field(default=0, description="Consecutive inconclusive paired analyses.")
+    passed_at: datetime | None = Field(
+        default=None, description="When the paired gates last passed (the phase ends once `duration` has run too)."
+    )
+    paused_at: datetime | None = Field(default=None, description="When the current pause began.")
+    paused_seconds: float = Field(default=0.0, description="Time spent paused, left out of the progress deadline.")
+
+
 class CheckResult(_Model):
     """One check of one analysis."""
 
@@ -1339,10 +1456,15 @@ class FraudModelStatus(_Model):
     model_config = ConfigDict(frozen=True, extra="ignore")
 
     observed_generation: int | None = Field(default=None, description="Generation last reconciled.")
-    phase: Phase = Field(default=Phase.PENDING, description="Pending, Progressing, Ready, Paused, RolledBack, Failed.")
+    phase: Phase = Field(
+        default=Phase.PENDING, description="Pending, Progressing, Shadow, Ready, Paused, RolledBack, Failed."
+    )
     message: str = Field(default="", description="Summary of the current state.")
     stable: TrackStatus = Field(default_factory=TrackStatus, description="The stable track.")
     canary: CanaryStatus | None = Field(default=None, description="The canary track while a rollout runs.")
+    shadow: ShadowStatus | None = Field(
+        default=None, description="The shadow track while a shadow phase runs (spec.rollout.shadow)."
+    )
     rolled_back_revision: str | None = Field(
         default=None, description="Revision of spec.model last rolled back; not retried until retry or change."
     )

@@ -28,6 +28,7 @@ def _degraded_reason(status: FraudModelStatus) -> str:
 KSTATUS: dict[Phase, tuple[Status, Status]] = {
     Phase.PENDING: ("True", "False"),  # InProgress
     Phase.PROGRESSING: ("True", "False"),  # InProgress
+    Phase.SHADOW: ("True", "False"),  # InProgress: a shadow phase is a rollout under way
     Phase.PAUSED: ("True", "False"),  # InProgress: the rollout is not finished, it waits for a human
     Phase.READY: ("False", "False"),  # Current
     Phase.ROLLED_BACK: ("False", "True"),  # Failed: stays so until a new version or a retry
@@ -46,7 +47,7 @@ def desired_conditions(
     (the failure outlived its deadline) makes Stalled True whatever the phase."""
     phase, message = status.phase, status.message
     ready: Status = "True" if phase == Phase.READY and not failure_message else "False"
-    progressing: Status = "True" if phase in (Phase.PENDING, Phase.PROGRESSING) else "False"
+    progressing: Status = "True" if phase in (Phase.PENDING, Phase.PROGRESSING, Phase.SHADOW) else "False"
     degraded: Status = "True" if phase in (Phase.ROLLED_BACK, Phase.FAILED) or failure_message else "False"
     reason = failure_reason or _degraded_reason(status) or str(phase)
     detail = failure_message or message

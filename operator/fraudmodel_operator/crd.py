@@ -185,6 +185,12 @@ PRINTER_COLUMNS = [
         "description": "Version on the canary track.",
     },
     {
+        "name": "Shadow",
+        "type": "string",
+        "jsonPath": ".status.shadow.version",
+        "description": "Version scoring mirrored traffic in a shadow phase (answers no client).",
+    },
+    {
         "name": "Weight",
         "type": "integer",
         "jsonPath": ".status.canary.weight",

@@ -111,10 +111,20 @@ def service_url(fm: FraudModel, service: str) -> str:
 
 
 def edge_routing(fm: FraudModel, routed: int | None = None) -> EdgeRouting:
-    """What the stable edge should do for this FraudModel's current status. Nothing, unless a
-    rollout phase needs the edge (set by the phases that do). `routed`: the canary weight routed
-    in this reconcile (default: the step's)."""
-    return EdgeRouting(sticky=sticky_target(fm, routed))
+    """What the stable edge should do for this FraudModel's current status: mirror to a shadow
+    track, forward a sticky canary's keys. `routed`: the canary weight routed in this reconcile
+    (default: the step's)."""
+    return EdgeRouting(sticky=sticky_target(fm, routed), shadow=shadow_target(fm))
+
+
+def shadow_target(fm: FraudModel) -> ShadowTarget | None:
+    """A shadow phase is mirrored to once its track has a ready pod (status, from the last reconcile):
+    before that every mirrored request would only be counted as failed."""
+    shadow = fm.status.shadow
+    if shadow is None or not shadow.version or shadow.ready_replicas <= 0:
+        return None
+    url = service_url(fm, f"{fm.metadata.name}-shadow")
+    return ShadowTarget(url=url, sample=shadow.sample, version=shadow.version)
 
 
 def sticky_target(fm: FraudModel, routed: int | None = None) -> StickyTarget | None:

@@ -14,7 +14,7 @@ from typing import Any, Literal
 from fraudmodel_operator.api import FraudModel, ModelSpec, ServingSpec
 from fraudmodel_operator.edge_routing import edge_routing, plan_routing_configmap, stable_pod_mount
 
-Track = Literal["stable", "canary"]
+Track = Literal["stable", "canary", "shadow"]
 Manifest = dict[str, Any]
 
 MANAGED_BY = "fraudmodel-operator"
@@ -104,6 +104,11 @@ def plan_tracks(fm: FraudModel, routed: int | None = None) -> list[TrackPlan]:
     tracks = [TrackPlan("stable", stable_model, 100 - routed, stable_pods, max_replicas)]
     if canary is not None and canary.model is not None:
         tracks.append(TrackPlan("canary", canary.model, canary_weight, canary_pods, max_replicas))
+    shadow = status.shadow
+    if shadow is not None and shadow.model is not None:
+        # Sized for the share mirrored to it; it answers no client (weight 0, on no route).
+        pods = replicas_for_weight(total, max(1, math.ceil(shadow.sample * 100)))
+        tracks.append(TrackPlan("shadow", shadow.model, 0, pods, max_replicas))
     return tracks
 
 
@@ -111,7 +116,9 @@ def shared_selects_canary(fm: FraudModel, routed: int) -> bool:
     """Whether the shared Service selects canary pods: only with the replica-ratio router, and only
     while the canary is routed traffic (a warming or rolled-back canary takes none). With a mesh or
     ingress router the router alone sends traffic to the canary; clients that bypass it reach stable.
-    With stickyBy never: the stable pods' edge forwards the canary's keys (the routing config)."""
+    With stickyBy never: the stable pods' edge forwards the canary's keys (the routing config).
+    A shadow and a canary never run together (the canary starts as the shadow ends), so a shared
+    Service that selects every track's pods never reaches a shadow pod."""
     return (
         fm.spec.rollout.traffic_routing.kind == "replicaRatio"
         and fm.spec.rollout.sticky_by is None

@@ -34,10 +34,19 @@ from fraudmodel_operator.monitoring import assess as assess_drift
 from fraudmodel_operator.monitoring import drift_event, drifting, monitoring_due
 from fraudmodel_operator.monitoring import measure as measure_drift
 from fraudmodel_operator.ordering import Write, WritePlan, plan_writes, route_weight
+from fraudmodel_operator.paired import run_shadow_analysis
 from fraudmodel_operator.planner import Track, child_name, plan_children, plan_tracks
 from fraudmodel_operator.pods import PodState, needs_explaining, pod_problem, stalled_by_pods
 from fraudmodel_operator.readiness import HttpReadiness
-from fraudmodel_operator.rollout import Controls, Event, Observed, analysis_due, next_status, rollout_deadline
+from fraudmodel_operator.rollout import (
+    Controls,
+    Event,
+    Observed,
+    analysis_due,
+    next_status,
+    rollout_deadline,
+    shadow_analysis_due,
+)
 from fraudmodel_operator.routers import ReplicaRatioRouter, TrafficRouter, router_for, router_from
 from fraudmodel_operator.sticky import analyse
 
@@ -105,12 +114,15 @@ def observe(fm: FraudModel, live: LiveChildren) -> Observed:
     stable_live = live.get(("Deployment", child_name(name, "stable")))
     stable_ready, stable_desired = deployment_ready(stable_live, stable_image, strict=True)
     canary_ready, _ = deployment_ready(live.get(("Deployment", child_name(name, "canary"))), canary_image)
+    shadow_image = fm.status.shadow.image if fm.status.shadow else None
+    shadow_ready, _ = deployment_ready(live.get(("Deployment", child_name(name, "shadow"))), shadow_image)
     planned = plan_tracks(fm)[0].replicas
     return Observed(
         stable_ready=stable_ready,
         stable_desired=max(stable_desired, planned) if stable_live else 0,
         canary_ready=canary_ready,
         controls=Controls.from_annotations(dict(fm.metadata.annotations)),
+        shadow_ready=shadow_ready if shadow_image else 0,
     )
 
 
@@ -129,6 +141,8 @@ def _with_replicas(
     update: dict[str, Any] = {"stable": status.stable.model_copy(update=counts("stable"))}
     if status.canary is not None:
         update["canary"] = status.canary.model_copy(update=counts("canary"))
+    if status.shadow is not None:
+        update["shadow"] = status.shadow.model_copy(update=counts("shadow"))
     return status.model_copy(update=update)
 
 
@@ -278,8 +292,7 @@ async def _write(ctx: Context, target: FraudModel, routing: Routing, write: Writ
 
 
 def _canary_pods(target: FraudModel) -> int:
-    tracks = plan_tracks(target)
-    return tracks[1].replicas if len(tracks) > 1 else 0
+    return next((t.replicas for t in plan_tracks(target) if t.track == "canary"), 0)
 
 
 def _routed_status(
@@ -383,6 +396,9 @@ async def reconcile(
     analysis = None
     if analysis_due(fm, now) and observed.canary_ready > 0:  # also while paused: pause stops advancing only
         analysis = await analyse(ctx.provider_for(fm), fm, now)
+        ctx.metrics.observe_analysis(ns, name, analysis)
+    elif shadow_analysis_due(fm, now) and observed.shadow_ready > 0:
+        analysis = await run_shadow_analysis(ctx.provider_for(fm), fm, now)
         ctx.metrics.observe_analysis(ns, name, analysis)
     transition = next_status(fm, observed, analysis, now)
     status = transition.status

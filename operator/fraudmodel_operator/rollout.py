@@ -28,6 +28,7 @@ from fraudmodel_operator.api import (
     HistoryEntry,
     ModelSpec,
     Phase,
+    ShadowStatus,
     Strategy,
     TrackStatus,
     Verdict,
@@ -89,8 +90,9 @@ class Controls:
             resume=annotations.get(RESUME_ANNOTATION) or None,
         )
 
-    def naming(self, canary: CanaryStatus, consumed: dict[str, str]) -> frozenset[str]:
-        """The one-shot controls (promote, abort, resume) that name this canary and were not acted on yet."""
+    def naming(self, canary: TrackStatus, consumed: dict[str, str]) -> frozenset[str]:
+        """The one-shot controls (promote, abort, resume) that name this canary (or shadow) and were not
+        acted on yet."""
         named = set()
         for kind, value in (("promote", self.promote), ("abort", self.abort), ("resume", self.resume)):
             if value is not None and value in (canary.version, canary.revision) and consumed.get(kind) != value:
@@ -98,7 +100,7 @@ class Controls:
         return frozenset(named)
 
 
-def consume(consumed: dict[str, str], controls: Controls, canary: CanaryStatus | None) -> dict[str, str]:
+def consume(consumed: dict[str, str], controls: Controls, canary: TrackStatus | None) -> dict[str, str]:
     """Controls naming a canary that ends are used up with it: a leftover never acts on a later revision."""
     if canary is None:
         return consumed
@@ -118,6 +120,7 @@ class Observed:
     stable_desired: int = 0
     canary_ready: int = 0
     controls: Controls = field(default_factory=Controls)
+    shadow_ready: int = 0
 
 
 @dataclass(frozen=True)
@@ -513,6 +516,11 @@ def _serve_stable(m: Moment) -> Transition:
         events.append(Event("Normal", "RolloutAborted", f"spec reverted to {version}: canary removed"))
         entry = HistoryEntry(version=canary.version or "", outcome="Aborted", reason="SpecReverted", time=m.now)
         base = base.model_copy(update={"history": _history(base, entry)})
+    if status.shadow is not None:
+        version = m.fm.spec.model.version
+        events.append(Event("Normal", "RolloutAborted", f"spec reverted to {version}: shadow removed"))
+        entry = HistoryEntry(version=status.shadow.version or "", outcome="Aborted", reason="SpecReverted", time=m.now)
+        base = base.model_copy(update={"history": _history(base, entry), "shadow": None})
     phase = Phase.READY if m.stable_ready else Phase.PROGRESSING
     next_ = base.model_copy(
         update={
@@ -544,15 +552,22 @@ def _replace_in_place(m: Moment) -> Transition:
     return Transition(next_, (Event("Normal", "Replacing", next_.message),))
 
 
+def _new_rollout(fm: FraudModel, now: datetime) -> dict[str, object]:
+    """A new version's first phase: a shadow phase when the spec asks for one, else a canary at 0%."""
+    model, shadow = fm.spec.model, fm.spec.rollout.shadow
+    if shadow is None:
+        return {"canary": _new_canary(model, now), "shadow": None, "phase": Phase.PROGRESSING}
+    return {"canary": None, "shadow": _new_shadow(model, shadow.sample, now), "phase": Phase.SHADOW}
+
+
 def _retry(m: Moment) -> Transition:
     version, retry = m.fm.spec.model.version, m.observed.controls.retry
     event = Event("Normal", "RolloutRetried", f"retrying {version} ({RETRY_ANNOTATION}={retry})")
     next_ = m.base.model_copy(
         update={
-            "canary": _new_canary(m.fm.spec.model, m.now),
+            **_new_rollout(m.fm, m.now),
             "rolled_back_revision": None,
             "retry_token": retry,
-            "phase": Phase.PROGRESSING,
             "message": f"retrying {version}",
         }
     )
@@ -576,24 +591,336 @@ def _start_canary(m: Moment) -> Transition:
     spec, status, canary = m.fm.spec, m.base, m.canary
     events: list[Event] = []
     base = status
-    if canary is not None and canary.rolled_back_at is None:
-        entry = HistoryEntry(version=canary.version or "", outcome="Replaced", reason="NewerVersion", time=m.now)
+    running = canary if canary is not None and canary.rolled_back_at is None else status.shadow
+    consumed = consume(status.consumed_controls, m.observed.controls, canary)
+    if running is not None:
+        what = "canary" if running is canary else "shadow"
+        entry = HistoryEntry(version=running.version or "", outcome="Replaced", reason="NewerVersion", time=m.now)
         base = base.model_copy(update={"history": _history(status, entry)})
-        events.append(Event("Normal", "RolloutReplaced", f"canary {canary.version} replaced by {spec.model.version}"))
+        events.append(Event("Normal", "RolloutReplaced", f"{what} {running.version} replaced by {spec.model.version}"))
+        consumed = consume(consumed, m.observed.controls, status.shadow)
+    first = "shadow" if spec.rollout.shadow is not None else "canary"
     events.append(
-        Event("Normal", "RolloutStarted", f"canary {spec.model.version} started beside stable {status.stable.version}")
+        Event("Normal", "RolloutStarted", f"{first} {spec.model.version} started beside stable {status.stable.version}")
     )
     next_ = base.model_copy(
         update={
-            "canary": _new_canary(spec.model, m.now),
+            **_new_rollout(m.fm, m.now),
             "rolled_back_revision": None,
-            "phase": Phase.PROGRESSING,
             "stable": status.stable.model_copy(update={"weight": 100}),
-            "consumed_controls": consume(status.consumed_controls, m.observed.controls, canary),
-            "message": f"starting canary {spec.model.version}",
+            "consumed_controls": consumed,
+            "message": f"starting {first} {spec.model.version}",
         }
     )
     return Transition(next_, tuple(events))
+
+
+# ---------------------------------------------------------------- the shadow phase
+
+
+def _new_shadow(model: ModelSpec, sample: float, now: datetime) -> ShadowStatus:
+    return ShadowStatus(
+        version=model.version,
+        image=model.image,
+        revision=revision_of(model),
+        model=model,
+        sample=sample,
+        started_at=now,
+        progressed_at=now,
+    )
+
+
+def shadow_analysis_due(fm: FraudModel, now: datetime) -> bool:
+    """Whether a shadow phase's paired analysis is due: every `interval`, paused or not."""
+    shadow = fm.status.shadow
+    if shadow is None:
+        return False
+    interval = max(parse_duration(fm.spec.rollout.interval), MIN_INTERVAL_SECONDS)
+    last = max(t for t in (shadow.started_at, shadow.analyzed_at) if t is not None)
+    return _since(last, now) >= interval
+
+
+@dataclass(frozen=True)
+class EndShadow:
+    """The paired gates passed for the whole `duration`: on to the canary steps, or promotion."""
+
+    then: str  # Canary | Promote
+    reason: str
+
+
+ShadowDecision = Hold | Pause | Rollback | Promote | EndShadow
+
+
+@dataclass(frozen=True)
+class ShadowFacts:
+    """Everything one decision about a shadow phase reads."""
+
+    version: str
+    named: frozenset[str]
+    paused: str | None
+    ready: bool
+    stalled: float
+    deadline: float
+    deadline_text: str
+    elapsed: float
+    duration: float
+    duration_text: str
+    then: str
+    verdict: Verdict | None
+    passed: bool  # the latest analysis passed (this one, or the last one when none ran now)
+    failures: int
+    failure_limit: int
+    inconclusive: int
+    inconclusive_limit: int
+    on_inconclusive: str
+    samples: int | None
+    min_samples: int
+    analysis: AnalysisStatus | None
+
+
+def shadow_facts(fm: FraudModel, observed: Observed, analysis: AnalysisStatus | None, now: datetime) -> ShadowFacts:
+    rollout, shadow = fm.spec.rollout, fm.status.shadow
+    assert shadow is not None
+    assert shadow.version is not None
+    spec = rollout.shadow
+    duration_text = spec.duration if spec is not None else "0s"
+    named = observed.controls.naming(shadow, fm.status.consumed_controls)
+    paused = None
+    if rollout.paused:
+        paused = "paused by spec.rollout.paused"
+    elif observed.controls.pause:
+        paused = f"paused by {PAUSE_ANNOTATION}"
+    verdict = analysis.verdict if analysis is not None else None
+    passed = verdict == Verdict.PASS if verdict is not None else shadow.passed_at is not None
+    limits = rollout.analysis
+    since = _since(shadow.progressed_at or shadow.started_at, now)
+    return ShadowFacts(
+        version=shadow.version,
+        named=named,
+        paused=paused,
+        ready=observed.shadow_ready >= 1,
+        stalled=since - shadow.paused_seconds - _since(shadow.paused_at, now),
+        deadline=parse_duration(rollout.progress_deadline),
+        deadline_text=rollout.progress_deadline,
+        elapsed=_since(shadow.started_at, now),
+        duration=parse_duration(duration_text),
+        duration_text=duration_text,
+        # A spec that dropped `shadow` mid-phase ends it as a pass would: into the canary steps.
+        then=spec.then if spec is not None else "Canary",
+        verdict=verdict,
+        passed=passed,
+        failures=shadow.failed_checks + (verdict == Verdict.FAIL),
+        failure_limit=limits.failure_limit,
+        inconclusive=shadow.inconclusive_checks + (verdict == Verdict.INCONCLUSIVE),
+        inconclusive_limit=limits.inconclusive_limit,
+        on_inconclusive=limits.on_inconclusive,
+        samples=_paired_samples(analysis, shadow.paired_samples),
+        min_samples=spec.min_paired_samples if spec is not None else 0,
+        analysis=analysis,
+    )
+
+
+def _shadow_waits(f: ShadowFacts) -> ShadowDecision:
+    samples = "no paired samples yet" if f.samples is None else f"{f.samples} paired samples"
+    if f.passed:
+        return Hold(f"shadow {f.version}: paired gates pass ({samples}); it runs {f.duration_text} in all")
+    return Hold(f"shadow {f.version}: {samples} (at least {f.min_samples}), waiting for the next analysis")
+
+
+def _shadow_inconclusive(f: ShadowFacts) -> ShadowDecision:
+    message = f"{f.inconclusive} inconclusive paired analyses in a row"
+    return Rollback("AnalysisInconclusive", message) if f.on_inconclusive == "Rollback" else Pause(message)
+
+
+SHADOW = "Shadow"
+# A shadow phase. Abort > promote > failure > unavailable shadow > pause > ... : a failure rolls back
+# at once (nobody was exposed, nothing to wait for), a pass counts only after `duration`.
+SHADOW_RULES: tuple[Rule[ShadowFacts, ShadowDecision], ...] = (
+    Rule(
+        SHADOW,
+        "the abort annotation names this version or revision",
+        "RolledBack",
+        "mirroring stops, the shadow track is deleted; history Aborted",
+        lambda f: "abort" in f.named,
+        lambda f: Rollback("Aborted", f"shadow of {f.version} aborted by the {ABORT_ANNOTATION} annotation"),
+    ),
+    Rule(
+        SHADOW,
+        "the promote annotation names this version or revision",
+        "Progressing",
+        "the stable runs the shadow's model (rolling update); history Promoted",
+        lambda f: "promote" in f.named,
+        lambda f: Promote(f"promoted from shadow by the {PROMOTE_ANNOTATION} annotation"),
+    ),
+    Rule(
+        SHADOW,
+        "a paired analysis fails and the phase's failures reach failureLimit (also while paused)",
+        "RolledBack",
+        "mirroring stops, the shadow track is deleted; Degraded with the failed gate; Warning Event",
+        lambda f: f.verdict == Verdict.FAIL and f.failures >= f.failure_limit,
+        lambda f: Rollback(*failed_reason(f.analysis)) if f.analysis else Rollback("AnalysisFailed", ""),
+    ),
+    Rule(
+        SHADOW,
+        "the shadow has no ready pod, past progressDeadline",
+        "RolledBack",
+        "ProgressDeadlineExceeded",
+        lambda f: not f.ready and f.stalled > f.deadline,
+        lambda f: Rollback(
+            "ProgressDeadlineExceeded", f"shadow pods of {f.version} not ready within {f.deadline_text}"
+        ),
+    ),
+    Rule(
+        SHADOW,
+        "the shadow has no ready pod",
+        "Shadow",
+        "hold (the stable mirrors nothing it could not deliver: failures are counted, never waited on)",
+        lambda f: not f.ready,
+        lambda f: Hold(f"waiting for shadow pods of {f.version}"),
+    ),
+    Rule(
+        SHADOW,
+        "spec.rollout.paused or the pause annotation",
+        "Paused",
+        "keep mirroring and analysing; never end the phase; the deadline stops",
+        lambda f: f.paused is not None,
+        lambda f: Pause(f.paused or ""),
+    ),
+    Rule(
+        SHADOW,
+        "a paired analysis fails, below failureLimit",
+        "Shadow",
+        "hold; Warning Event AnalysisFailed",
+        lambda f: f.verdict == Verdict.FAIL,
+        lambda f: Hold(f"paired analysis failed ({f.failures}/{f.failure_limit})"),
+    ),
+    Rule(
+        SHADOW,
+        "inconclusiveLimit inconclusive analyses in a row",
+        "Paused (until an analysis is conclusive) or RolledBack",
+        "onInconclusive",
+        lambda f: f.inconclusive >= f.inconclusive_limit,
+        _shadow_inconclusive,
+    ),
+    Rule(
+        SHADOW,
+        "no conclusive analysis within progressDeadline (paused time excluded)",
+        "RolledBack",
+        "ProgressDeadlineExceeded",
+        lambda f: not f.passed and f.verdict != Verdict.FAIL and f.stalled > f.deadline,
+        lambda f: Rollback(
+            "ProgressDeadlineExceeded", f"no conclusive paired analysis of {f.version} within {f.deadline_text}"
+        ),
+    ),
+    Rule(
+        SHADOW,
+        "the latest paired analysis passed and `duration` has run",
+        "Warming (then: Canary) or Progressing (then: Promote)",
+        "mirroring stops; the canary steps start, or the stable runs the new model; Normal ShadowPassed",
+        lambda f: f.passed and f.elapsed >= f.duration,
+        lambda f: EndShadow(f.then, f"paired gates passed over {f.duration_text} of shadow"),
+    ),
+    Rule(
+        SHADOW,
+        "anything else (inconclusive, or passing before `duration`)",
+        "Shadow",
+        "hold; re-analyse after interval",
+        lambda f: True,
+        _shadow_waits,
+    ),
+)
+
+
+def decide_shadow(fm: FraudModel, observed: Observed, analysis: AnalysisStatus | None, now: datetime) -> ShadowDecision:
+    """The next move of a shadow phase: the first rule of `SHADOW_RULES` that holds."""
+    f = shadow_facts(fm, observed, analysis, now)
+    return next(rule.then(f) for rule in SHADOW_RULES if rule.when(f))
+
+
+def _paired_samples(analysis: AnalysisStatus | None, before: int | None) -> int | None:
+    if analysis is None:
+        return before
+    return next((c.samples for c in analysis.checks if c.samples is not None), before)
+
+
+def _shadow_counters(shadow: ShadowStatus, analysis: AnalysisStatus | None, now: datetime) -> dict[str, object]:
+    if analysis is None:
+        return {}
+    counters: dict[str, object] = {"analyzed_at": now, "paired_samples": _paired_samples(analysis, None)}
+    if analysis.verdict == Verdict.PASS:
+        return counters | {"inconclusive_checks": 0, "progressed_at": now, "passed_at": now}
+    if analysis.verdict == Verdict.FAIL:
+        failed = shadow.failed_checks + 1
+        return counters | {"failed_checks": failed, "inconclusive_checks": 0, "progressed_at": now, "passed_at": None}
+    return counters | {"inconclusive_checks": shadow.inconclusive_checks + 1, "passed_at": None}
+
+
+def _run_shadow(m: Moment) -> Transition:
+    fm, base, analysis, now = m.fm, m.base, m.analysis, m.now
+    shadow = base.shadow
+    assert shadow is not None
+    decision = decide_shadow(fm.model_copy(update={"status": base}), m.observed, analysis, now)
+    controls = m.observed.controls
+    shadow = shadow.model_copy(update=_shadow_counters(shadow, analysis, now))
+    if isinstance(decision, Pause):
+        shadow = shadow.model_copy(update={"paused_at": shadow.paused_at or now})
+    elif shadow.paused_at is not None:
+        spent = shadow.paused_seconds + _since(shadow.paused_at, now)
+        shadow = shadow.model_copy(update={"paused_at": None, "paused_seconds": spent})
+    update: dict[str, object] = {"shadow": shadow}
+    if analysis is not None:
+        update["last_analysis"] = analysis
+    events: list[Event] = []
+    if analysis is not None and analysis.verdict == Verdict.FAIL and not isinstance(decision, Rollback):
+        events.append(Event("Warning", "AnalysisFailed", f"shadow {shadow.version}: {failed_reason(analysis)[1]}"))
+    version = shadow.version or ""
+    match decision:
+        case Hold(reason=reason):
+            update |= {"phase": Phase.SHADOW, "message": reason}
+        case Pause(reason=reason):
+            if base.phase != Phase.PAUSED:
+                events.append(Event("Normal", "Paused", f"shadow of {version} paused: {reason}"))
+            update |= {"phase": Phase.PAUSED, "message": reason}
+        case Rollback(reason=reason, message=message):
+            entry = HistoryEntry(version=version, outcome="RolledBack", reason=reason, time=now)
+            update |= {
+                "shadow": None,
+                "phase": Phase.ROLLED_BACK,
+                "message": f"rolled back shadow {version}: {message}",
+                "rolled_back_revision": shadow.revision,
+                "retry_token": controls.retry,
+                "rollbacks": base.rollbacks + 1,
+                "history": _history(base, entry),
+                "consumed_controls": consume(base.consumed_controls, controls, shadow),
+            }
+            events.append(Event("Warning", "RolledBack", f"rolled back shadow {version}: {reason}: {message}"))
+        case Promote(reason=reason) | EndShadow(then="Promote", reason=reason):
+            model = shadow.model
+            assert model is not None
+            outcome_reason = "ShadowPassed" if isinstance(decision, EndShadow) else reason
+            entry = HistoryEntry(version=version, outcome="Promoted", reason=outcome_reason, time=now)
+            update |= {
+                "shadow": None,
+                "stable": _track(model, 100),
+                "phase": Phase.PROGRESSING,
+                "message": f"promoting {version} from shadow: {reason}",
+                "history": _history(base, entry),
+                "consumed_controls": consume(base.consumed_controls, controls, shadow),
+            }
+            if isinstance(decision, EndShadow):
+                events.append(Event("Normal", "ShadowPassed", f"shadow {version}: {reason}"))
+            events.append(Event("Normal", "Promoting", f"promoting {version}: {reason}"))
+        case EndShadow(reason=reason):
+            model = shadow.model
+            assert model is not None
+            update |= {
+                "shadow": None,
+                "canary": _new_canary(model, now),
+                "phase": Phase.PROGRESSING,
+                "message": f"shadow {version} passed: starting canary steps",
+            }
+            events.append(Event("Normal", "ShadowPassed", f"shadow {version}: {reason}; canary steps start"))
+    return Transition(base.model_copy(update=update), tuple(events), None)
 
 
 def _run_canary(m: Moment) -> Transition:
@@ -607,6 +934,17 @@ def _promoting(m: Moment) -> bool:
 
 def _promotion_pending(m: Moment) -> bool:
     return _promoting(m) and not m.stable_ready and m.wanted == m.base.stable.revision
+
+
+def _candidate_revision(m: Moment) -> str | None:
+    """The revision a running rollout brings: the canary's, else the shadow's."""
+    if m.canary is not None:
+        return m.canary.revision
+    return m.base.shadow.revision if m.base.shadow is not None else None
+
+
+def _in_shadow(m: Moment) -> bool:
+    return m.base.shadow is not None
 
 
 def _retry_asked(m: Moment) -> bool:
@@ -651,7 +989,7 @@ LIFECYCLE: tuple[Rule[Moment, Transition], ...] = (
         "any",
         "spec.model is the stable's",
         "Ready once the stable is ready",
-        "a running canary is removed (RolloutAborted, SpecReverted)",
+        "a running canary or shadow is removed (RolloutAborted, SpecReverted)",
         lambda m: m.wanted == m.base.stable.revision,
         _serve_stable,
     ),
@@ -666,8 +1004,8 @@ LIFECYCLE: tuple[Rule[Moment, Transition], ...] = (
     Rule(
         "RolledBack",
         "the retry annotation has a value not seen before",
-        "Warming",
-        "a fresh canary",
+        "Shadow (with spec.rollout.shadow), else Warming",
+        "a fresh shadow or canary",
         _retry_asked,
         _retry,
     ),
@@ -680,13 +1018,14 @@ LIFECYCLE: tuple[Rule[Moment, Transition], ...] = (
         _rolled_back,
     ),
     Rule(
-        "Ready, Stepping",
+        "Ready, Shadow, Stepping",
         "a new spec.model",
-        "Warming",
-        "a canary at 0%; a running one is Replaced",
-        lambda m: m.canary is None or m.canary.revision != m.wanted,
+        "Shadow (with spec.rollout.shadow), else Warming",
+        "a shadow track, or a canary at 0%; a running one is Replaced",
+        lambda m: _candidate_revision(m) != m.wanted,
         _start_canary,
     ),
+    Rule("Shadow", "anything else", "(the shadow table)", "decided by `SHADOW_RULES`", _in_shadow, _run_shadow),
     Rule(RUNNING, "anything else", "(the canary table)", "decided by `CANARY_RULES`", lambda m: True, _run_canary),
 )
 

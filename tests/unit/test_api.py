@@ -82,8 +82,9 @@ RULE_CASES: list[tuple[str, Any, str, str | None]] = [
     ("name-digit-first", body("7-eleven"), "metadata.name: ", "must start with a lowercase letter"),
     ("name-dotted", body("fraud.v2"), "metadata.name: ", "must start with a lowercase letter"),  # no Service name
     ("name-upper", body("Fraud"), "metadata.name: ", "must start with a lowercase letter"),
-    ("name-canary", body("fraud-canary"), "metadata.name: ", "must not end in -stable or -canary"),
-    ("name-stable", body("fraud-stable"), "metadata.name: ", "must not end in -stable or -canary"),
+    ("name-canary", body("fraud-canary"), "metadata.name: ", "must not end in -stable, -canary or -shadow"),
+    ("name-stable", body("fraud-stable"), "metadata.name: ", "must not end in -stable, -canary or -shadow"),
+    ("name-shadow", body("fraud-shadow"), "metadata.name: ", "must not end in -stable, -canary or -shadow"),
     ("name-long", body("a" * 57), "metadata.name: ", "at most 56 characters"),
     *(
         (f"resources-{id_}", body(serving={"resources": resources}), "spec.serving.resources", rule)
@@ -157,6 +158,29 @@ RULE_CASES: list[tuple[str, Any, str, str | None]] = [
                 "sticky-gateway",
                 {"stickyBy": {"header": "X-Account-Id"}, "trafficRouting": {"istio": {"virtualService": "vs"}}},
                 "stickyBy needs trafficRouting.replicaRatio",
+            ),
+            ("shadow-defaults", {"shadow": {}}, None),
+            (
+                "shadow-full",
+                {
+                    "shadow": {
+                        "duration": "1h",
+                        "minPairedSamples": 5000,
+                        "sample": 1,
+                        "then": "Promote",
+                        "gates": {"flipRate": {"maxRate": 0.01}, "flagRateRatio": {"minRatio": 0.9, "maxRatio": 1.1}},
+                    }
+                },
+                None,
+            ),
+            ("shadow-immediate", {"strategy": "Immediate", "shadow": {}}, "rollout.shadow needs strategy Canary"),
+            ("shadow-duration-short", {"shadow": {"duration": "30s"}}, "must be a duration between 1m and 168h"),
+            ("shadow-sample-0", {"shadow": {"sample": 0}}, "greater than 0"),
+            ("shadow-then", {"shadow": {"then": "Wait"}}, "'Canary' or 'Promote'"),
+            (
+                "shadow-ratio-bounds",
+                {"shadow": {"gates": {"flagRateRatio": {"minRatio": 2, "maxRatio": 1}}}},
+                "minRatio must be <= maxRatio",
             ),
         ]
     ),

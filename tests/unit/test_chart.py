@@ -91,6 +91,11 @@ SERVING_METRICS = frozenset(
         "fraud_model_reference_feature_bucket",
         "fraud_model_reference_samples",
         "fraud_model_reference_flag_rate",
+        # a shadow phase (the stable's mirroring, the shadow's agreement table)
+        "fraud_model_mirror_transactions_total",
+        "fraud_model_paired_decisions_total",
+        "fraud_model_paired_amount_total",
+        "fraud_model_paired_abs_score_delta_bucket",
     }
 )
 # Kinds of the Prometheus Operator: no schemas in the Kubernetes OpenAPI; checked structurally below.

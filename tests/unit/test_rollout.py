@@ -20,6 +20,7 @@ from fraudmodel_operator.api import (
 from fraudmodel_operator.rollout import (
     CANARY_RULES,
     LIFECYCLE,
+    SHADOW_RULES,
     Advance,
     Controls,
     Decision,
@@ -533,6 +534,7 @@ def test_docs_show_the_state_tables_the_code_runs() -> None:
     docs = (Path(__file__).parents[2] / "docs" / "operator.md").read_text()
     assert render_table(LIFECYCLE) in docs
     assert render_table(CANARY_RULES) in docs
+    assert render_table(SHADOW_RULES) in docs
 
 
 def test_a_step_is_judged_only_once_its_weight_is_routed() -> None:

@@ -40,6 +40,11 @@ It does three things BentoML alone does not:
    predictions, the stable answering when the canary does not
    (:mod:`fraud_detector.sticky_edge`); the answer names the config in
    ``x-fraudmodel-routing``.
+7. **Mirroring** (:mod:`fraud_detector.mirror`). With a shadow target in the routing
+   config, a sampled share of scored requests is queued, *after* the client has its
+   answer, with the stable's predictions, and sent to the shadow's ``POST /mirror``
+   in the background; a full queue drops (and counts), never waits. On the shadow
+   track ``POST /mirror`` scores the pairs and records the agreement table.
 """
 
 from __future__ import annotations
@@ -56,6 +61,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .loading import NotServable
 from .metrics import ServiceMetrics
+from .mirror import MIRROR, Mirror, pair_cells, parse_mirror_body
 from .routing import NO_ROUTING, RoutingConfig
 from .schema import Prediction, Transaction
 from .settings import Settings
@@ -192,6 +198,14 @@ def validate_body(path: str, body: bytes, settings: Settings) -> list[Transactio
     return [_check(item, f"transactions[{i}]") for i, item in enumerate(items)]
 
 
+def _request_id(scope: Scope) -> str:
+    """The caller's ``x-request-id`` ("" without one: each pair then carries its transaction id)."""
+    for key, value in scope.get("headers") or ():
+        if key == b"x-request-id":
+            return bytes(value).decode("latin-1")[:128]
+    return ""
+
+
 def _content_type(scope: Scope) -> bytes:
     """The request's media type, lower case without parameters; b"" when there is none
     (a body without a content type is not taken for JSON)."""
@@ -238,12 +252,19 @@ class EdgeMiddleware:
         problem: Callable[[], NotServable | None] = lambda: None,
         routing: Callable[[], RoutingConfig] = lambda: NO_ROUTING,
         canary_client: CanaryClient | None = None,
+        mirror: Mirror | None = None,
+        pair_scorer: Callable[[], Scorer | None] = lambda: None,
     ) -> None:
         self.app = app
         self.routing = routing
         self.canary_client = canary_client
         self._split: Split | None = None
         self._route_of: tuple[RoutingConfig, StickyRoute | None] | None = None
+        self.mirror = mirror
+        self.pair_scorer = pair_scorer  # scores mirrored pairs (the direct path, batching or not)
+        self.paths = (
+            (PREDICT, PREDICT_BATCH, MIRROR) if settings.track == "shadow" else (PREDICT, PREDICT_BATCH)
+        )
         self.settings = settings
         self.metrics = metrics
         self.scorer = scorer
@@ -262,17 +283,18 @@ class EdgeMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
+        routing = NO_ROUTING
         if scope["type"] == "http":
             # Any request (probes too, so an idle pod keeps it fresh): at most one stat a second.
-            self.routing()
-        if scope["type"] == "http" and path in (READYZ, PREDICT, PREDICT_BATCH):
+            routing = self.routing()
+        if scope["type"] == "http" and path in (READYZ, *self.paths):
             problem = self.problem()
             if problem is not None:
                 # Not the declared model, or not a releasable one: not ready, and
                 # saying why (BentoML's own /readyz would only say "not ready").
                 await _respond(send, 503, json.dumps(problem.as_dict()).encode())
                 return
-        if scope["type"] != "http" or scope.get("method") != "POST" or path not in (PREDICT, PREDICT_BATCH):
+        if scope["type"] != "http" or scope.get("method") != "POST" or path not in self.paths:
             await self.app(scope, receive, send)
             return
         metrics = self.metrics()
@@ -294,7 +316,7 @@ class EdgeMiddleware:
             if self.inflight > 1 and loop.time() - queued_at > self.max_queue_s:
                 await self._shed(send, metrics)
                 return
-            await self._handle(scope, receive, send, path, metrics)
+            await self._handle(scope, receive, send, path, metrics, routing)
         finally:
             self.inflight -= 1
 
@@ -303,8 +325,17 @@ class EdgeMiddleware:
         await _respond(send, 503, self._shed_body, (self._retry_after,))
 
     async def _handle(
-        self, scope: Scope, receive: Receive, send: Send, path: str, metrics: ServiceMetrics
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        path: str,
+        metrics: ServiceMetrics,
+        routing: RoutingConfig = NO_ROUTING,
     ) -> None:
+        if path == MIRROR:
+            await self._pairs(receive, send, metrics)
+            return
         try:
             ctype = _content_type(scope)
             if ctype != b"application/json":
@@ -332,20 +363,57 @@ class EdgeMiddleware:
             return
         score = self.scorer()
         if score is not None:
-            await self._score(send, score, transactions, single)
+            predictions = await self._score(send, score, transactions, single)
+            if routing.shadow is not None and self.mirror is not None and predictions is not None:
+                # After the answer went out: one append to a bounded queue, never a wait.
+                self.mirror.offer(routing.shadow, _request_id(scope), transactions, predictions)
         else:
             await self._forward(scope, receive, send, body, single, metrics)
 
-    async def _score(self, send: Send, score: Scorer, transactions: list[Transaction], single: bool) -> None:
+    async def _score(
+        self, send: Send, score: Scorer, transactions: list[Transaction], single: bool
+    ) -> list[Prediction] | None:
+        """Score and answer; the predictions answered (None after a failure)."""
         try:
             predictions = await score(transactions)
         except Exception as exc:
             logger.exception("scoring %d transaction(s) failed", len(transactions))
             await _respond(send, 500, json.dumps({"error": "scoring failed", "message": str(exc)}).encode())
-            return
+            return None
         await _respond(
             send, 200, _ONE_OUT.dump_json(predictions[0]) if single else _MANY_OUT.dump_json(predictions)
         )
+        return predictions
+
+    async def _pairs(self, receive: Receive, send: Send, metrics: ServiceMetrics) -> None:
+        """``POST /mirror`` on a shadow track: score the stable's mirrored transactions and record
+        each pair in the agreement table. The answer says only how many were taken."""
+        body = await _read_body(receive, self.settings.max_body_bytes * 16)
+        score = self.pair_scorer()
+        if body is None:
+            await _respond(send, 413, b'{"error": "mirror body too large"}')
+            return
+        if score is None:
+            await _respond(send, 503, b'{"error": "not scoring yet"}')
+            return
+        try:
+            pairs = parse_mirror_body(body).pairs
+        except ValueError as exc:
+            await _respond(
+                send, 422, json.dumps({"error": "invalid mirror body", "message": str(exc)}).encode()
+            )
+            return
+        if pairs:
+            try:
+                predictions = await score([p.transaction for p in pairs])
+            except Exception as exc:
+                logger.exception("scoring %d mirrored transaction(s) failed", len(pairs))
+                await _respond(
+                    send, 500, json.dumps({"error": "scoring failed", "message": str(exc)}).encode()
+                )
+                return
+            metrics.paired(pair_cells(pairs, predictions))
+        await _respond(send, 202, json.dumps({"pairs": len(pairs)}).encode())
 
     def _sticky_route(self) -> StickyRoute | None:
         """The routing config's sticky split, parsed once per config (the config object changes

@@ -67,6 +67,11 @@ class _Families:
     routing_errors: Any
     reference_samples: Any
     reference_flag_rate: Any
+    mirrored: Any
+    mirror_queue: Any
+    paired: Any
+    paired_amount: Any
+    paired_delta: Any
 
 
 def score_buckets(threshold: float) -> tuple[float, ...]:
@@ -165,6 +170,35 @@ def _families(buckets: tuple[float, ...]) -> _Families:
             labels,
             multiprocess_mode="max",
         ),
+        mirrored=prom.Counter(
+            "fraud_model_mirror_transactions",
+            "Scored transactions the stable edge mirrored to a shadow track, by outcome: sent, dropped "
+            "(the bounded queue was full: never waited for) or failed (the shadow did not take them).",
+            [*labels, "outcome"],
+        ),
+        mirror_queue=prom.Gauge(
+            "fraud_model_mirror_queue",
+            "Transactions waiting to be mirrored, summed over workers.",
+            labels,
+            multiprocess_mode="livesum",
+        ),
+        paired=prom.Counter(
+            "fraud_model_paired_decisions",
+            "Mirrored transactions scored by this (shadow) track, by the stable's decision and its own: "
+            "the agreement table of a shadow phase.",
+            [*labels, "stable_decision", "shadow_decision"],
+        ),
+        paired_amount=prom.Counter(
+            "fraud_model_paired_amount",
+            "Amounts of the paired transactions, by the stable's decision and this track's.",
+            [*labels, "stable_decision", "shadow_decision"],
+        ),
+        paired_delta=prom.Histogram(
+            "fraud_model_paired_abs_score_delta",
+            "|this track's score - the stable's score| on the same transaction.",
+            labels,
+            buckets=(0.0001, 0.0003, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0),
+        ),
     )
 
 
@@ -201,6 +235,14 @@ class ServiceMetrics:
         self._rejected = {r: f.rejected.labels(version, track, r) for r in REJECT_REASONS}
         self._routing_revision: str | None = None
         f.routing_errors.labels(version, track)
+        if track == "stable":
+            for outcome in ("sent", "dropped", "failed"):
+                f.mirrored.labels(version, track, outcome)
+        if track == "shadow":  # every cell of the agreement table exists from the first scrape
+            for stable in ("flag", "allow"):
+                for own in ("flag", "allow"):
+                    f.paired.labels(version, track, stable, own)
+                    f.paired_amount.labels(version, track, stable, own)
 
     def observe(self, scores: Iterable[float], threshold: float) -> None:
         flagged = n = 0
@@ -241,6 +283,21 @@ class ServiceMetrics:
 
     def rejected(self, reason: str) -> None:
         self._rejected[reason].inc()
+
+    def mirrored(self, outcome: str, n: int) -> None:
+        if n:
+            self._families.mirrored.labels(*self.labels, outcome).inc(n)
+
+    def mirror_queue(self, depth: int) -> None:
+        self._families.mirror_queue.labels(*self.labels).set(depth)
+
+    def paired(self, cells: Iterable[tuple[str, str, float, float]]) -> None:
+        """Record pairs: (stable decision, this track's decision, amount, |score delta|)."""
+        f = self._families
+        for stable, own, amount, delta in cells:
+            f.paired.labels(*self.labels, stable, own).inc()
+            f.paired_amount.labels(*self.labels, stable, own).inc(amount)
+            f.paired_delta.labels(*self.labels).observe(delta)
 
     def routing_changed(self, revision: str, error: str | None) -> None:
         """The edge now acts on routing config `revision` ("" for none)."""

@@ -28,6 +28,7 @@ from . import model as model_io
 from .edge import PREDICT, PREDICT_BATCH, EdgeMiddleware, Scorer
 from .loading import Declared, LoadedModel, NotServable, assess, facts_of, fetch
 from .metrics import MONITORED_FEATURES, ServiceMetrics, service_metrics
+from .mirror import Mirror
 from .routing import RoutingConfig, RoutingFile
 from .schema import FEATURE_NAMES, Prediction, Transaction
 from .settings import Settings, tune_gc
@@ -254,6 +255,11 @@ def direct_scorer() -> Scorer | None:
     return _instances[-1].score
 
 
+def pair_scorer() -> Scorer | None:
+    """What a shadow's ``/mirror`` scores pairs with: the direct path, batching or not."""
+    return _instances[-1].score if _instances else None
+
+
 def _routing_changed(config: RoutingConfig, error: str | None) -> None:
     _metrics().routing_changed(config.revision, error)
 
@@ -269,4 +275,11 @@ _service.add_asgi_middleware(
     scorer=direct_scorer,
     problem=_problem,
     routing=ROUTING.current,
+    mirror=Mirror(
+        capacity=SETTINGS.mirror_queue,
+        batch=SETTINGS.mirror_batch,
+        timeout_s=SETTINGS.mirror_timeout_ms / 1000,
+        counters=_metrics,
+    ),
+    pair_scorer=pair_scorer,
 )

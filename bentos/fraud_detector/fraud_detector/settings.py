@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 __all__ = ["GC_THRESHOLDS", "TRACKS", "Settings", "tune_gc"]
 
-TRACKS = ("stable", "canary")
+TRACKS = ("stable", "canary", "shadow")
 
 # The collector's thresholds a serving worker runs with (see tune_gc).
 GC_THRESHOLDS = (10_000, 10, 10)
@@ -115,6 +115,11 @@ class Settings:
     # stickyBy: how long the stable edge waits for the canary's answer before it answers from
     # the stable itself (fraud_detector.sticky_edge); the live path's worst extra latency.
     sticky_timeout_ms: int = 250
+    # Mirroring to a shadow track (stable pods): transactions queued per worker before new ones are
+    # dropped (never waited for), transactions per request to the shadow, and its timeout.
+    mirror_queue: int = 2_000
+    mirror_batch: int = 64
+    mirror_timeout_ms: int = 2_000
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -152,4 +157,7 @@ class Settings:
             fault_delay_ms=_int(e, "FRAUDMODEL_FAULT_DELAY_MS", 0, 0),
             routing_file=e.get("FRAUDMODEL_ROUTING_FILE") or None,
             sticky_timeout_ms=_int(e, "FRAUDMODEL_STICKY_TIMEOUT_MS", cls.sticky_timeout_ms, 1),
+            mirror_queue=_int(e, "FRAUDMODEL_MIRROR_QUEUE", cls.mirror_queue, 1),
+            mirror_batch=_int(e, "FRAUDMODEL_MIRROR_BATCH", cls.mirror_batch, 1),
+            mirror_timeout_ms=_int(e, "FRAUDMODEL_MIRROR_TIMEOUT_MS", cls.mirror_timeout_ms, 1),
         )

@@ -6,7 +6,7 @@
 --   status not yet observed (observedGeneration < generation) -> Progressing
 --   phase Paused                                              -> Suspended
 --   phase RolledBack or Failed, or condition Degraded=True    -> Degraded
---   phase Progressing or Pending                              -> Progressing
+--   phase Progressing, Pending or Shadow                      -> Progressing
 --   phase Ready with condition Ready=True                     -> Healthy
 local hs = {}
 
@@ -80,6 +80,13 @@ if phase == "RolledBack" or phase == "Failed" or (degraded ~= nil and degraded.s
   else
     hs.message = first(status.message, fallback)
   end
+  return hs
+end
+
+if phase == "Shadow" then
+  hs.status = "Progressing"
+  local version = status.shadow and status.shadow.version or "new version"
+  hs.message = "Shadow " .. version .. ": " .. first(status.message, "scoring mirrored traffic")
   return hs
 end
 
