@@ -149,8 +149,9 @@ async def test_miscalibrated_shadow_fails_on_flip_rate_while_clients_only_see_st
         assert checks["flipRate"]["samples"] >= 1000
         assert "shadow" not in status
         assert status["stable"]["version"] == GOOD
-        assert set(answers) == {GOOD}, f"clients got other answers: {answers}"
-        assert sum(answers.values()) > 1000
+        # Every answer came from the stable's model (a 503 is the stable shedding load on two shared cores).
+        assert set(answers) - {"503"} == {GOOD}, f"clients got other answers: {answers}"
+        assert answers[GOOD] > 1000
 
 
 async def test_healthy_retrain_passes_shadow_and_proceeds_to_canary(
@@ -167,4 +168,4 @@ async def test_healthy_retrain_passes_shadow_and_proceeds_to_canary(
         assert checks["flipRate"]["samples"] >= 1000
         assert "shadow" not in status
         assert status["history"] == [] or status["history"][0]["version"] != GOOD_NEXT
-        assert set(answers) == {GOOD}, f"clients got other answers during the shadow phase: {answers}"
+        assert set(answers) - {"503"} == {GOOD}, f"clients got other answers during the shadow phase: {answers}"
