@@ -249,8 +249,9 @@ def assess(spec: MonitoringSpec, version: str, m: DriftMeasures) -> DriftReport:
 
 # The phases in which a stable model serves live traffic, and so is watched: after promotion,
 # but also during a rollout (the stable still answers most requests, and its own track's
-# metrics are measured) and after a rollback (the stable answers all of them again).
-WATCHED_PHASES = frozenset({Phase.READY, Phase.PROGRESSING, Phase.PAUSED, Phase.ROLLED_BACK})
+# metrics are measured), during a shadow phase (the stable answers every client) and after a
+# rollback (the stable answers all of them again).
+WATCHED_PHASES = frozenset({Phase.READY, Phase.PROGRESSING, Phase.SHADOW, Phase.PAUSED, Phase.ROLLED_BACK})
 
 
 def monitoring_due(fm: FraudModel, last: tuple[str, datetime] | None, now: datetime) -> bool:
