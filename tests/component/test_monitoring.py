@@ -61,7 +61,15 @@ async def test_a_drifting_stable_model_is_reported_and_left_serving(harness: Har
     await harness.create(fraudmodel())
     await eventually(lambda: harness.get(DEPLOYMENTS, "bot-stable"))
     await harness.ready("bot-stable")
-    condition = await eventually(lambda: drifting(harness).get("status") == "True" and drifting(harness))
+    # The stable is watched from its first deployment on (WATCHED_PHASES), so the drift may be
+    # reported before the FraudModel is Ready: wait for both.
+    condition = await eventually(
+        lambda: (
+            harness.status("bot").get("phase") == "Ready"
+            and drifting(harness).get("status") == "True"
+            and drifting(harness)
+        )
+    )
     assert condition["reason"] == "ScoreDrift", condition
     assert "stable v1 drifts from its training reference" in condition["message"]
     assert "flag rate 11.00%" in condition["message"], condition["message"]  # every drifting signal named

@@ -128,8 +128,11 @@ def test_service_routes_to_every_pod_through_kube_proxy(workload: Cluster) -> No
     seen: set[str] = set()
 
     def reached_all() -> bool:
-        with urllib.request.urlopen(f"http://{ip}/", timeout=5) as response:
-            seen.add(response.read().decode().strip())
+        try:
+            with urllib.request.urlopen(f"http://{ip}/", timeout=5) as response:
+                seen.add(response.read().decode().strip())
+        except OSError as error:  # kube-proxy may not have programmed the new Service's rules yet
+            raise AssertionError(f"{ip}: {error}") from error
         return seen >= names
 
     workload.wait_for(f"requests to {ip} to reach pods {sorted(names)}", reached_all, timeout=60, interval=0.1)
