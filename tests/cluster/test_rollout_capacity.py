@@ -9,6 +9,13 @@ after each one the invariants of the write-order policy (docs/operator.md, "Writ
 - no route names a Service that does not exist;
 - the shared Service selects the stable pods only (a mesh or ingress router routes to the canary).
 
+With the default replica-ratio router the shared Service is the route, so the invariants are about
+pods: the pods ready behind the shared Service never fall below the full size while a rollout
+advances (a rollback takes the canary out at once and lets the stable grow back: the exposure-first
+window, allowed only then); the stable shrinks only for canary pods that are ready and selected; a
+canary is scaled to zero or deleted only once the Service no longer selects it. The same run has the
+API server refuse the canary's scale-up for a while (a ValidatingAdmissionPolicy): nothing may move then.
+
 The metrics come from a stub of the Prometheus HTTP API answering with the component tier's canned
 measurements (healthy, or a canary flagging five times more), so the steps run on analysis.
 """
@@ -191,11 +198,144 @@ def replay(timeline: list[tuple[int, str, str, dict[str, Any]]], name: str) -> l
     return broken
 
 
-def fraudmodel(version: str, prometheus: str) -> str:
+def selects_canary(service: dict[str, Any] | None) -> bool:
+    return service is not None and "serving.riskml.io/track" not in service["spec"]["selector"]
+
+
+def replicas(deployment: dict[str, Any] | None) -> int | None:
+    return None if deployment is None else int(deployment["spec"].get("replicas", 1))
+
+
+@dataclass
+class RatioReplay:
+    """The replica-ratio invariants over a timeline, and the writes it saw, in order."""
+
+    broken: list[str] = field(default_factory=list)
+    writes: list[tuple[int, str]] = field(default_factory=list)  # (rv, "canary replicas 2" | "Service selects ...")
+    exposure_first: list[int] = field(default_factory=list)  # rvs inside a rollback's exposure-first window
+
+
+def replay_ratio(
+    timeline: list[tuple[int, str, str, dict[str, Any]]], name: str, start: int, rollback: int
+) -> RatioReplay:
+    """From `start` (the stable ready at full size): what broke the invariants, if anything. After
+    `rollback` (the rv of the spec that will be rolled back), a Service that no longer selects the
+    canary while the stable grows back is the allowed exposure-first window."""
+    state: dict[tuple[str, str], dict[str, Any]] = {}
+    out = RatioReplay()
+    seen: dict[str, object] = {}
+    for rv, kind_of_event, kind, obj in timeline:
+        key = (kind, obj["metadata"]["name"])
+        if kind_of_event == "DELETED":
+            state.pop(key, None)
+        else:
+            state[key] = obj
+        shared = state.get(("Service", name))
+        stable, canary = (state.get(("Deployment", f"{name}-{t}")) for t in ("stable", "canary"))
+        for what, value in (
+            ("Service selects", "canary" if selects_canary(shared) else "stable only"),
+            ("stable replicas", replicas(stable)),
+            ("canary replicas", "deleted" if canary is None and "canary replicas" in seen else replicas(canary)),
+        ):
+            if value is not None and seen.get(what) != value:
+                seen[what] = value
+                out.writes.append((rv, f"{what} {value}"))
+        if rv < start or stable is None:
+            continue
+        selected = selects_canary(shared)
+        serving = ready(stable) + (ready(canary) if selected else 0)
+        stable_size = replicas(stable) or 0
+        # Rolled back: the canary leaves the Service first, then the stable grows back (ordering.RANKS).
+        exposure_first = rv > rollback and not selected
+        if serving < REPLICAS:
+            if exposure_first:
+                out.exposure_first.append(rv)
+            else:
+                out.broken.append(f"rv {rv}: {serving} ready pods behind the shared Service, {REPLICAS} needed")
+        if stable_size < REPLICAS and not exposure_first and (not selected or ready(canary) < REPLICAS - stable_size):
+            selected_ready = ready(canary) if selected else 0
+            out.broken.append(f"rv {rv}: stable at {stable_size} pods with {selected_ready} ready canary pods selected")
+        if selected and (canary is None or replicas(canary) == 0):
+            out.broken.append(f"rv {rv}: the shared Service selects a canary that is gone or scaled to zero")
+    return out
+
+
+def refuse_canary_scale_up(cluster: Cluster, namespace: str, name: str) -> str:
+    """A ValidatingAdmissionPolicy that refuses more than one pod for the canary Deployment in `namespace`
+    (an admission rule or quota the operator cannot know about); returns the binding's name."""
+    policy = f"one-canary-pod-{namespace}"
+    cluster.apply(
+        yaml.safe_dump_all(
+            [
+                {
+                    "apiVersion": "admissionregistration.k8s.io/v1",
+                    "kind": "ValidatingAdmissionPolicy",
+                    "metadata": {"name": policy},
+                    "spec": {
+                        "failurePolicy": "Fail",
+                        "matchConstraints": {
+                            "resourceRules": [
+                                {
+                                    "apiGroups": ["apps"],
+                                    "apiVersions": ["v1"],
+                                    "operations": ["CREATE", "UPDATE"],
+                                    "resources": ["deployments"],
+                                }
+                            ]
+                        },
+                        "validations": [
+                            {
+                                "expression": f"object.metadata.name != '{name}-canary' || object.spec.replicas <= 1",
+                                "message": "policy: the canary may run one pod",
+                            }
+                        ],
+                    },
+                },
+                {
+                    "apiVersion": "admissionregistration.k8s.io/v1",
+                    "kind": "ValidatingAdmissionPolicyBinding",
+                    "metadata": {"name": policy},
+                    "spec": {
+                        "policyName": policy,
+                        "validationActions": ["Deny"],
+                        "matchResources": {
+                            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}}
+                        },
+                    },
+                },
+            ]
+        )
+    )
+    probe = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": f"{name}-canary", "namespace": namespace},
+        "spec": {
+            "replicas": 2,
+            "selector": {"matchLabels": {"probe": "x"}},
+            "template": {"metadata": {"labels": {"probe": "x"}}, "spec": {"containers": [{"name": "x", "image": "x"}]}},
+        },
+    }
+
+    def refused() -> bool:
+        dry = cluster.kubectl("create", "--dry-run=server", "-f", "-", stdin=json.dumps(probe), check=False)
+        return "the canary may run one pod" in dry.stderr
+
+    cluster.wait_until("the admission policy in force", refused, timeout=60)
+    return policy
+
+
+def resource_version(cluster: Cluster, namespace: str) -> int:
+    """The API server's revision now (a list's resourceVersion): every event recorded so far is at or
+    below it (an object's own resourceVersion is only its last write)."""
+    return int(cluster.get_json("deployments", "-n", namespace)["metadata"]["resourceVersion"])
+
+
+def fraudmodel(version: str, prometheus: str, name: str = "cap", router: dict[str, Any] | None = None) -> str:
     body = {
         "apiVersion": "serving.riskml.io/v1alpha1",
         "kind": "FraudModel",
-        "metadata": {"name": "cap"},
+        "metadata": {"name": name},
         "spec": {
             "model": {"name": "fraud-detector", "version": version, "image": f"fraud-detector:{version}"},
             "serving": {"replicas": REPLICAS},
@@ -203,7 +343,7 @@ def fraudmodel(version: str, prometheus: str) -> str:
                 "steps": [25, 50, 75],
                 "interval": "2s",
                 "progressDeadline": "2m",
-                "trafficRouting": {"gatewayAPI": {"httpRoute": "cap-route"}},
+                "trafficRouting": router if router is not None else {"gatewayAPI": {"httpRoute": "cap-route"}},
                 "analysis": {"prometheus": {"address": prometheus}, "minSamples": 100, "failureLimit": 1},
                 "onRollback": {"scaleDownDelay": "2s"},
             },
@@ -309,3 +449,89 @@ def test_a_child_the_api_server_refuses_is_reported_and_the_rest_applied(
     assert cluster.get_json("deployment", "cap-stable", "-n", namespace)["spec"]["replicas"] == REPLICAS
     events = cluster.get_json("events", "-n", namespace, "--field-selector", "involvedObject.name=cap")["items"]
     assert any(e["reason"] == "ApplyFailed" and e["type"] == "Warning" for e in events)
+
+
+def test_replica_ratio_rollout_and_rollback_keep_the_pods_for_the_traffic(
+    cluster: Cluster, operator: Operator, namespace: str, prometheus: FakePrometheus, recorder: Recorder
+) -> None:
+    """The default router: what is written in which order, and that no step routes beyond ready pods,
+    including while the API server refuses the canary's scale-up for the 50% step."""
+    name = "ratio"
+    ratio: dict[str, Any] = {"replicaRatio": {}}
+    prometheus.answer = metrics({"stable": 0.03, "canary": 0.03})
+    cluster.apply(fraudmodel("v1", prometheus.url, name, ratio), namespace)
+    wait_ready(cluster, namespace, name, operator)
+    start = resource_version(cluster, namespace)
+
+    policy = refuse_canary_scale_up(cluster, namespace, name)
+    try:
+        cluster.apply(fraudmodel("v2", prometheus.url, name, ratio), namespace)
+
+        def held() -> dict[str, Any] | None:
+            current = status(cluster, namespace, name)
+            reasons = {c["type"]: c["reason"] for c in current.get("conditions") or []}
+            canary = current.get("canary") or {}
+            if reasons.get("Degraded") == "ApplyFailed" and canary.get("weight") == 50:
+                return current
+            return None
+
+        blocked = cluster.wait_until(
+            "the 50% step held by the refused scale-up", held, timeout=120, diagnose=operator.tail
+        )
+        degraded = next(c for c in blocked["conditions"] if c["type"] == "Degraded")
+        assert f"Deployment {name}-canary" in degraded["message"], degraded
+        assert "the canary may run one pod" in degraded["message"], degraded
+        assert blocked["canary"]["effectiveWeight"] == 25, "one canary pod of four: the 25% step's split is kept"
+        assert cluster.get_json("deployment", f"{name}-stable", "-n", namespace)["spec"]["replicas"] == 3
+    finally:
+        cluster.kubectl("delete", "validatingadmissionpolicybinding,validatingadmissionpolicy", policy, check=False)
+
+    cluster.wait_until(
+        "v2 promoted and its canary gone",
+        lambda: (
+            status(cluster, namespace, name).get("phase") == "Ready"
+            and status(cluster, namespace, name).get("stable", {}).get("version") == "v2"
+            and not cluster.kubectl("get", "deployment", f"{name}-canary", "-n", namespace, check=False).stdout
+        ),
+        timeout=180,
+        diagnose=operator.tail,
+    )
+    rollback = resource_version(cluster, namespace)
+    prometheus.answer = metrics({"stable": 0.03, "canary": 0.15})
+    cluster.apply(fraudmodel("v3", prometheus.url, name, ratio), namespace)
+    cluster.wait_until(
+        "v3 rolled back and scaled to zero",
+        lambda: (
+            (cluster.get_json("deployment", f"{name}-canary", "-n", namespace).get("spec") or {}).get("replicas") == 0
+            if status(cluster, namespace, name).get("phase") == "RolledBack"
+            else None
+        ),
+        timeout=180,
+        diagnose=operator.tail,
+    )
+    cluster.wait_until(
+        "the stable back at full size",
+        lambda: ready(cluster.get_json("deployment", f"{name}-stable", "-n", namespace)) == REPLICAS,
+        timeout=60,
+    )
+    timeline = [e for e in recorder.timeline() if e[3]["metadata"]["name"].startswith(name)]
+    replay = replay_ratio(timeline, name, start, rollback)
+    log = [w for rv, w in replay.writes if rv > start]
+    rollout = [w for rv, w in replay.writes if start < rv <= rollback]
+    assert replay.broken == [], log
+    assert rollout == [
+        "canary replicas 1",
+        "Service selects canary",
+        "stable replicas 3",
+        "canary replicas 2",  # only once the admission policy was lifted
+        "stable replicas 2",
+        "canary replicas 3",
+        "stable replicas 1",
+        "stable replicas 4",  # promotion: the new stable at full size while the canary still serves
+        "Service selects stable only",
+        "canary replicas deleted",
+    ], log
+    after = [w for rv, w in replay.writes if rv > rollback]
+    assert after[-1] == "canary replicas 0", log
+    if "Service selects canary" in after:  # rolled back once routed: traffic first, then capacity, then scale-down
+        assert after.index("Service selects stable only") < after.index("stable replicas 4") < len(after) - 1, log
