@@ -328,7 +328,9 @@ def refuse_canary_scale_up(cluster: Cluster, namespace: str, name: str) -> str:
 def resource_version(cluster: Cluster, namespace: str) -> int:
     """The API server's revision now (a list's resourceVersion): every event recorded so far is at or
     below it (an object's own resourceVersion is only its last write)."""
-    return int(cluster.get_json("deployments", "-n", namespace)["metadata"]["resourceVersion"])
+    # kubectl's own `get -o json` wraps items in a List without one: ask the API server directly.
+    raw = cluster.kubectl("get", "--raw", f"/apis/apps/v1/namespaces/{namespace}/deployments").stdout
+    return int(json.loads(raw)["metadata"]["resourceVersion"])
 
 
 def fraudmodel(version: str, prometheus: str, name: str = "cap", router: dict[str, Any] | None = None) -> str:
