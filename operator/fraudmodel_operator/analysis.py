@@ -701,30 +701,36 @@ def judge(
 # ---------------------------------------------------------------- I/O
 
 
-def _scalar(vector: Vector) -> float | None:
+def scalar(vector: Vector) -> float | None:
+    """The value of a one-sample vector, None when it is empty."""
     return vector[0][1] if vector else None
 
 
-def _histogram(vector: Vector) -> Histogram:
+def histogram(vector: Vector) -> Histogram:
+    """Cumulative bucket counts `(le, count)` in bound order, from a `by (le)` vector."""
     return tuple(sorted((float(labels["le"]), value) for labels, value in vector if "le" in labels))
 
 
+async def query_all(provider: MetricProvider, named: Mapping[str, str]) -> dict[str, Vector]:
+    """Run named queries concurrently; the answers by name. Raises ProviderError if any fails."""
+    results = await asyncio.gather(*(provider.query(q) for q in named.values()))
+    return dict(zip(named, results, strict=True))
+
+
 async def measure(provider: MetricProvider, fm: FraudModel, track: str, ranges: Ranges) -> TrackMeasures:
-    named = queries(fm, track, ranges)
     try:
-        results = await asyncio.gather(*(provider.query(q) for q in named.values()))
+        by_name = await query_all(provider, queries(fm, track, ranges))
     except ProviderError as exc:
         return TrackMeasures(error=f"metrics unavailable: {exc}")
-    by_name = dict(zip(named, results, strict=True))
     return TrackMeasures(
-        requests=_scalar(by_name["requests"]),
-        errors=_scalar(by_name["errors"]),
-        shed=_scalar(by_name["shed"]),
-        latency=_histogram(by_name["latency"]),
-        predictions=_scalar(by_name["predictions"]),
-        flagged=_scalar(by_name["flagged"]),
-        rejected=_scalar(by_name["rejected"]),
-        scores=_histogram(by_name["scores"]),
+        requests=scalar(by_name["requests"]),
+        errors=scalar(by_name["errors"]),
+        shed=scalar(by_name["shed"]),
+        latency=histogram(by_name["latency"]),
+        predictions=scalar(by_name["predictions"]),
+        flagged=scalar(by_name["flagged"]),
+        rejected=scalar(by_name["rejected"]),
+        scores=histogram(by_name["scores"]),
     )
 
 
@@ -738,7 +744,7 @@ async def run_analysis(provider: MetricProvider, fm: FraudModel, now: datetime) 
     custom: dict[str, float | str | None] = {}
     for check in spec.custom:
         try:
-            custom[check.name] = _scalar(await provider.query(custom_query(fm, check.query, ranges)))
+            custom[check.name] = scalar(await provider.query(custom_query(fm, check.query, ranges)))
         except ProviderError as exc:
             custom[check.name] = f"metrics unavailable: {exc}"
     return judge(fm, canary, stable, custom, now)

@@ -26,7 +26,6 @@ new population, which needs labels the operator does not have. It tells the peop
 
 from __future__ import annotations
 
-import asyncio
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -37,9 +36,12 @@ from fraudmodel_operator.analysis import (
     MetricProvider,
     ProviderError,
     Vector,
+    histogram,
     psi,
     psi_noise,
+    query_all,
     ratio_test,
+    scalar,
     selector,
 )
 from fraudmodel_operator.api import Condition, FraudModel, MonitoringSpec, Phase, Verdict, parse_duration
@@ -129,10 +131,6 @@ def queries(fm: FraudModel) -> dict[str, str]:
     }
 
 
-def _histogram(vector: Vector) -> Histogram:
-    return tuple(sorted((float(labels["le"]), value) for labels, value in vector if "le" in labels))
-
-
 def _by_feature(vector: Vector) -> dict[str, Histogram]:
     grouped: dict[str, list[tuple[float, float]]] = {}
     for labels, value in vector:
@@ -141,26 +139,20 @@ def _by_feature(vector: Vector) -> dict[str, Histogram]:
     return {name: tuple(sorted(points)) for name, points in grouped.items()}
 
 
-def _scalar(vector: Vector) -> float | None:
-    return vector[0][1] if vector else None
-
-
 async def measure(provider: MetricProvider, fm: FraudModel) -> DriftMeasures:
-    named = queries(fm)
     try:
-        results = await asyncio.gather(*(provider.query(q) for q in named.values()))
+        r = await query_all(provider, queries(fm))
     except ProviderError as exc:
         return DriftMeasures(error=f"metrics unavailable: {exc}")
-    r = dict(zip(named, results, strict=True))
     return DriftMeasures(
-        scores=_histogram(r["scores"]),
-        reference_scores=_histogram(r["reference_scores"]),
-        reference_samples=_scalar(r["reference_samples"]),
+        scores=histogram(r["scores"]),
+        reference_scores=histogram(r["reference_scores"]),
+        reference_samples=scalar(r["reference_samples"]),
         features=_by_feature(r["features"]),
         reference_features=_by_feature(r["reference_features"]),
-        predictions=_scalar(r["predictions"]),
-        flagged=_scalar(r["flagged"]),
-        reference_flag_rate=_scalar(r["reference_flag_rate"]),
+        predictions=scalar(r["predictions"]),
+        flagged=scalar(r["flagged"]),
+        reference_flag_rate=scalar(r["reference_flag_rate"]),
     )
 
 

@@ -15,7 +15,6 @@ the number of pairs only, never on how they split, so the spending stays valid).
 
 from __future__ import annotations
 
-import asyncio
 import math
 from dataclasses import dataclass
 from datetime import datetime
@@ -26,6 +25,7 @@ from fraudmodel_operator.analysis import (
     ProviderError,
     Vector,
     overall,
+    query_all,
     selector,
 )
 from fraudmodel_operator.api import AnalysisStatus, CheckResult, FraudModel, ShadowGates, Verdict, parse_duration
@@ -224,12 +224,10 @@ def judge_shadow(fm: FraudModel, measures: PairedMeasures, now: datetime) -> Ana
 
 
 async def measure_paired(provider: MetricProvider, fm: FraudModel, seconds: int) -> PairedMeasures:
-    named = paired_queries(fm, seconds)
     try:
-        results = await asyncio.gather(*(provider.query(q) for q in named.values()))
+        by = await query_all(provider, paired_queries(fm, seconds))
     except ProviderError as exc:
         return PairedMeasures(error=f"metrics unavailable: {exc}")
-    by = dict(zip(named, results, strict=True))
     return measures_from(by["decisions"], by["amounts"], by["delta_sum"], by["delta_count"])
 
 

@@ -20,7 +20,6 @@ Pure, except `measure_sticky` (queries).
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -31,6 +30,7 @@ from fraudmodel_operator.analysis import (
     evidence_ranges,
     overall,
     previous_looks,
+    query_all,
     run_analysis,
     selector,
 )
@@ -90,12 +90,10 @@ def sticky_queries(fm: FraudModel, ranges: Ranges) -> dict[str, str]:
 
 
 async def measure_sticky(provider: MetricProvider, fm: FraudModel, ranges: Ranges) -> StickyMeasures:
-    named = sticky_queries(fm, ranges)
     try:
-        results = await asyncio.gather(*(provider.query(q) for q in named.values()))
+        by_name = await query_all(provider, sticky_queries(fm, ranges))
     except ProviderError as exc:
         return StickyMeasures(error=f"metrics unavailable: {exc}")
-    by_name = dict(zip(named, results, strict=True))
     routes = {labels.get("route", ""): value for labels, value in by_name["step_routes"]}
 
     def scalar(name: str) -> float:
